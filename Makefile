@@ -1,0 +1,48 @@
+# Everything goes through the virtual environment at .venv (created or reused on demand).
+#   make run    the main job on the embedded default (SQLite MLflow store, local Ray, synthetic data)
+#   make test   the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup run test stack-test stack-up stack-down stack-status tools bench manifests clean
+
+$(STAMP): pyproject.toml requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+setup: $(STAMP)
+
+tools: setup
+	$(BIN)/python -m shapebias.devtools fetch-helm
+
+run: setup
+	$(BIN)/mlflow run . -e train_resnet -P sparsity=topk --env-manager local
+
+test: setup tools
+	$(BIN)/python -m pytest
+
+stack-test: setup
+	$(BIN)/python -m pytest tests/stack -m stack
+
+stack-up: setup
+	$(BIN)/python platform/local/stack.py up
+
+stack-down:
+	$(BIN)/python platform/local/stack.py down
+
+stack-status:
+	$(BIN)/python platform/local/stack.py status
+
+bench: setup
+	$(BIN)/python -m benchmarks
+
+manifests: tools
+	$(BIN)/python -m shapebias.devtools render-manifests
+
+clean:
+	rm -rf .pytest_cache mlruns .ray_results

@@ -1,0 +1,247 @@
+"""The MLflow run schema, and the helpers every job uses to follow it.
+
+Schema (the contract that the compare step, the MLflow UI and users' notebooks read):
+
+* tag ``shapebias.task``: one of :data:`TASKS`;
+* params: the whole configuration, flat (see :func:`flatten`);
+* provenance tags: ``shapebias.git_commit``, ``shapebias.data_fingerprint``,
+  ``shapebias.versions.<package>``, ``shapebias.device``;
+* metrics: fractions in [0, 1] (``test_acc``, ``stylized_acc``, ``shape_bias``) and ``fid``;
+  per-epoch curves under the same names with ``step``.
+
+Ray workers do not inherit the driver's environment: the driver hands them a :class:`RunRef`
+(tracking URI + run id) and rank 0 logs through :class:`MetricLogger`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import importlib.metadata
+import os
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, RunStatus
+from mlflow.tracking import MlflowClient
+
+from shapebias.errors import ShapebiasError
+from shapebias.settings import REPO_ROOT
+
+TASK_TAG = "shapebias.task"
+TASKS = ("train_resnet", "train_fastgan", "shape_bias", "texture_synthesis", "compare")
+ERROR_TAG = "shapebias.error"
+WEIGHTS_TAG = "shapebias.weights"  # "pretrained" or "random": random-weight runs never pass as real
+PACKAGES = ("torch", "torchvision", "mlflow", "ray", "numpy", "shapebias")
+
+# Environment variables forwarded to Ray workers (credentials travel only this way, never as params).
+FORWARDED_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "SHAPEBIAS_SHARED_DIR",
+    "SHAPEBIAS_CUE_CONFLICT_DIR",
+)
+SECRET_WORDS = ("password", "secret", "token", "access_key", "credential")
+
+
+def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten a nested configuration into MLflow params (``a.b=...``); lists become CSV."""
+    out: dict[str, str] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, prefix=f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            out[name] = ",".join(str(v) for v in value)
+        else:
+            out[name] = "" if value is None else str(value)
+    for name in out:
+        if any(word in name.lower() for word in SECRET_WORDS):
+            raise ValueError(f"refusing to log parameter {name!r}: credentials travel only through the environment")
+    return out
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+        return out + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("SHAPEBIAS_GIT_COMMIT", "unknown")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = "absent"
+    versions["python"] = sys.version.split()[0]
+    return versions
+
+
+def device_description() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    return f"cpu x{os.cpu_count()}"
+
+
+def fingerprint_files(paths: list[Path] | list[str], extra: str = "") -> str:
+    """A short hash of file names and sizes (cheap; content hashing is for downloads)."""
+    h = hashlib.sha256(extra.encode())
+    for p in sorted(map(str, paths)):
+        h.update(p.encode())
+        with contextlib.suppress(OSError):
+            h.update(str(os.path.getsize(p)).encode())
+    return h.hexdigest()[:16]
+
+
+def provenance_tags(data_fingerprint: str | None = None) -> dict[str, str]:
+    tags = {"shapebias.git_commit": git_commit(), "shapebias.device": device_description()}
+    tags.update({f"shapebias.versions.{k}": v for k, v in package_versions().items()})
+    if data_fingerprint:
+        tags["shapebias.data_fingerprint"] = data_fingerprint
+    return tags
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRef:
+    """What a Ray worker needs to log to the driver's run (no credentials in here)."""
+
+    tracking_uri: str
+    run_id: str
+    experiment_id: str
+
+
+def current_ref() -> RunRef:
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("no active MLflow run")
+    return RunRef(mlflow.get_tracking_uri(), run.info.run_id, run.info.experiment_id)
+
+
+def worker_env() -> dict[str, str]:
+    """Environment variables to hand to Ray workers through ``runtime_env``."""
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    return env
+
+
+class MetricLogger:
+    """Logs metrics to one run from anywhere (a Ray worker), at most one point per (key, step).
+
+    A resumed job re-runs the epoch that was interrupted; points already logged for a step are
+    not logged again, so every curve keeps exactly one point per epoch.
+    """
+
+    def __init__(self, ref: RunRef) -> None:
+        self.ref = ref
+        self.client = MlflowClient(ref.tracking_uri)
+        self._seen: dict[str, set[int]] = {}
+
+    def _steps(self, key: str) -> set[int]:
+        if key not in self._seen:
+            self._seen[key] = {m.step for m in self.client.get_metric_history(self.ref.run_id, key)}
+        return self._seen[key]
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(key, float(value), now, step)
+            for key, value in metrics.items()
+            if step not in self._steps(key)
+        ]
+        if batch:
+            self.client.log_batch(self.ref.run_id, metrics=batch)
+            for m in batch:
+                self._seen[m.key].add(step)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, ShapebiasError) else str(exc)
+
+
+@contextlib.contextmanager
+def tracked_run(
+    task: str,
+    params: Mapping[str, Any],
+    *,
+    run_name: str | None = None,
+    run_id: str | None = None,
+    nested: bool = False,
+    tags: Mapping[str, str] | None = None,
+    data_fingerprint: str | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """Start (or resume) the run of one job and keep the schema.
+
+    Under ``mlflow run`` the run that MLflow created (``MLFLOW_RUN_ID``) is resumed. Params and
+    provenance are logged first, so that a run that fails on bad input still shows what it was
+    given. Any exception marks the run FAILED (with the message in tag ``shapebias.error``) and
+    propagates; nothing already logged is lost.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}")
+    with mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested) as run:
+        mlflow.set_tags({TASK_TAG: task, **provenance_tags(data_fingerprint), **(tags or {})})
+        existing = run.data.params
+        fresh = {k: v for k, v in flatten(params).items() if k not in existing}
+        if fresh:
+            mlflow.log_params(fresh)
+        try:
+            yield run
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                mlflow.set_tag(ERROR_TAG, _describe(exc)[:4000])
+            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            raise
+
+
+def ui_command() -> str:
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def cli_main(fn: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None], int]:
+    """Wrap an entry point: bad input becomes ``error: <one line>`` on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            result = fn(argv)
+        except ShapebiasError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except Exception:
+            traceback.print_exc()
+            return 1
+        return int(result or 0)
+
+    return wrapper
