@@ -11,9 +11,48 @@ Modes
 
 ``TopK(1.0)`` is the identity in ``topk`` mode. With k = 1, ``topk_mean`` replaces every value by
 its channel's mean and ``complement`` is all zero.
+
+Ties
+----
+Where several positions share the k-th largest ``|x|``, the ones with the lowest flat spatial
+index (``h * W + w``) are kept. This is the definition (:func:`topk_mask`, a stable sort), and
+every implementation here follows it exactly. ``torch.topk`` on the CPU documents no rule for
+ties (it breaks them as its partial sort happens to leave them), so :func:`topk_direct`, the
+plain "``torch.topk`` indices, then a scattered mask" formulation, agrees with the definition
+wherever the k-th largest value is unique, which is almost always the case for real activations.
+NaN inputs are not supported.
+
+Implementations
+---------------
+:func:`topk` (what :class:`TopK` calls) picks, per call:
+
+* ``cpu``: a small C kernel (OpenMP; compiled with the system's ``cc`` on first use in about a
+  second, cached in ``~/.cache/shapebias`` or ``$SHAPEBIAS_CACHE_DIR``, loaded through ctypes) for
+  float32 CPU tensors. Per row it finds the exact k-th largest
+  ``|x|`` by a radix select on the float's bits, then writes the output and a boolean mask in one
+  pass (ties resolved in index order). Backward is ``grad * mask``: only the bool mask is saved.
+* ``torch``: the same threshold method in plain PyTorch (``topk`` values, compare, ties resolved by
+  a cumulative count only where they occur) for CUDA, other dtypes, and machines without a
+  compiler.
+* ``reference``: :func:`topk_reference`, the definition.
+
+``SHAPEBIAS_TOPK_BACKEND`` (``auto``, ``cpu``, ``torch``, ``reference``) overrides the choice;
+``auto`` uses the C++ kernel where it applies and builds, else ``torch``. ``topk_mean`` uses the
+fast mask with the definition's arithmetic, so its values are bitwise those of the definition.
 """
 
 from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -21,6 +60,8 @@ from torch import nn
 from shapebias.errors import check_choice, check_fraction
 
 MODES = ("topk", "topk_mean", "complement")
+BACKENDS = ("auto", "cpu", "torch", "reference")
+BACKEND_ENV = "SHAPEBIAS_TOPK_BACKEND"
 
 
 def kept_count(k: float, spatial: int) -> int:
@@ -29,9 +70,10 @@ def kept_count(k: float, spatial: int) -> int:
 
 
 def topk_mask(x: torch.Tensor, k: float) -> torch.Tensor:
-    """Boolean mask of the kept positions, same shape as ``x`` (N, C, H, W).
+    """Boolean mask of the kept positions, same shape as ``x`` (N, C, H, W): the definition.
 
-    Ties are broken as ``torch.topk`` breaks them on ``|x|`` flattened over (H, W).
+    The ``kept_count(k, H*W)`` largest ``|x|`` over (H, W) flattened; ties to the lowest index
+    (a stable descending sort). Slow, and meant to be: it is what faster code is tested against.
     """
     n, c, h, w = x.shape
     flat = x.detach().reshape(n, c, h * w)
@@ -40,26 +82,325 @@ def topk_mask(x: torch.Tensor, k: float) -> torch.Tensor:
     if keep >= h * w:
         mask.fill_(True)
     else:
-        idx = flat.abs().topk(keep, dim=-1, sorted=False).indices
+        idx = flat.abs().sort(dim=-1, descending=True, stable=True).indices[..., :keep]
         mask.scatter_(-1, idx, True)
     return mask.reshape(n, c, h, w)
 
 
+def _apply_mask(x: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """The definition's arithmetic given the mask of kept positions (differentiable in ``x``)."""
+    m = mask.to(x.dtype)
+    if mode == "topk":
+        return x * m
+    if mode == "complement":
+        return x * (1 - m)
+    kept = x * m
+    count = m.sum(dim=(2, 3), keepdim=True)
+    mean = kept.sum(dim=(2, 3), keepdim=True) / count
+    return mean * m
+
+
 def topk_reference(x: torch.Tensor, k: float, mode: str = "topk") -> torch.Tensor:
-    """The direct formulation (indices from ``torch.topk``, then a scattered mask).
+    """The definition: the mask of :func:`topk_mask`, then plain arithmetic (autograd does the rest).
 
     Kept as the definition that faster implementations are tested against.
     """
     check_choice("mode", mode, MODES)
-    mask = topk_mask(x, k).to(x.dtype)
-    if mode == "topk":
-        return x * mask
-    if mode == "complement":
-        return x * (1 - mask)
-    kept = x * mask
-    count = mask.sum(dim=(2, 3), keepdim=True)
-    mean = kept.sum(dim=(2, 3), keepdim=True) / count
-    return mean * mask
+    return _apply_mask(x, topk_mask(x, k), mode)
+
+
+def topk_direct(x: torch.Tensor, k: float, mode: str = "topk") -> torch.Tensor:
+    """The direct formulation: indices from ``torch.topk``, a scattered mask, then arithmetic.
+
+    Equal to :func:`topk_reference` except where the k-th largest ``|x|`` is tied (see the module
+    docstring). It is the baseline the benchmarks compare the fast path against.
+    """
+    check_choice("mode", mode, MODES)
+    n, c, h, w = x.shape
+    flat = x.detach().reshape(n, c, h * w)
+    keep = kept_count(k, h * w)
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    if keep >= h * w:
+        mask.fill_(True)
+    else:
+        mask.scatter_(-1, flat.abs().topk(keep, dim=-1, sorted=False).indices, True)
+    return _apply_mask(x, mask.reshape(n, c, h, w), mode)
+
+
+# --------------------------------------------------------------------------------------------
+# Fast masks
+# --------------------------------------------------------------------------------------------
+
+
+def _threshold_mask(x: torch.Tensor, keep: int) -> torch.Tensor:
+    """Mask of kept positions by thresholding at the k-th largest ``|x|`` (any device, dtype)."""
+    n, c, h, w = x.shape
+    a = x.detach().abs().reshape(n, c, h * w)
+    kth = a.topk(keep, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    mask = a > kth
+    ties = a == kth
+    need = keep - mask.sum(dim=-1, keepdim=True)  # how many tied positions each row still keeps
+    over = ties.sum(dim=-1, keepdim=True) > need
+    if bool(over.any()):  # rare for real activations: resolve ties in index order
+        rows = over.squeeze(-1).nonzero(as_tuple=True)
+        t = ties[rows]
+        t &= t.cumsum(dim=-1) <= need[rows]
+        ties[rows] = t
+    mask |= ties
+    return mask.reshape(n, c, h, w)
+
+
+_C_SOURCE = r"""
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Exact k-th largest of u[0..n) (non-negative float bit patterns, so integer order is float
+ * order) by an MSD radix select over digits of 8/8/8/7 bits. Sets the threshold's bits and how
+ * many elements equal to it are kept (every other kept element is strictly greater). */
+static void radix_select(const uint32_t *u, int64_t n, int64_t keep, uint32_t *buf_a,
+                         uint32_t *buf_b, uint32_t *t_out, int64_t *need_out) {
+  static const int shift[4] = {23, 15, 7, 0};
+  static const uint32_t digit_mask[4] = {0xffu, 0xffu, 0xffu, 0x7fu};
+  int64_t hist[256];
+  const uint32_t *src = u;
+  int64_t m = n, remaining = keep;
+  uint32_t prefix = 0;
+  for (int d = 0; d < 4; ++d) {
+    const int s = shift[d];
+    const uint32_t dm = digit_mask[d];
+    memset(hist, 0, sizeof(hist));
+    for (int64_t i = 0; i < m; ++i) hist[(src[i] >> s) & dm]++;
+    int64_t above = 0;
+    int b = (int)dm;
+    for (; b > 0; --b) {
+      if (above + hist[b] >= remaining) break;
+      above += hist[b];
+    }
+    remaining -= above;
+    prefix |= ((uint32_t)b) << s;
+    if (d == 3) break;
+    if (hist[b] == remaining) { /* the whole bin is kept: the threshold is its minimum */
+      uint32_t lo = 0xffffffffu;
+      int64_t eq = 0;
+      for (int64_t i = 0; i < m; ++i) {
+        const uint32_t v = src[i];
+        if (((v >> s) & dm) == (uint32_t)b && v < lo) lo = v;
+      }
+      for (int64_t i = 0; i < m; ++i) eq += (src[i] == lo);
+      *t_out = lo;
+      *need_out = eq;
+      return;
+    }
+    uint32_t *dst = (src == buf_a) ? buf_b : buf_a;
+    int64_t j = 0;
+    for (int64_t i = 0; i < m; ++i) { /* keep the candidates of bin b */
+      const uint32_t v = src[i];
+      dst[j] = v;
+      j += (((v >> s) & dm) == (uint32_t)b);
+    }
+    src = dst;
+    m = j;
+  }
+  *t_out = prefix;
+  *need_out = remaining;
+}
+
+/* For each of the `rows` (n, c) rows (row r starts at (r / C) * sN + (r % C) * sC; its n
+ * positions are `ss` elements apart, in x, out and pass alike): pass = kept (or dropped when
+ * `complement`), out = pass ? x : 0 (skipped when out is NULL). Ties: lowest index first. */
+int shapebias_topk_f32(const float *x, float *out, uint8_t *pass, int64_t rows, int64_t C,
+                       int64_t sN, int64_t sC, int64_t ss, int64_t n, int64_t keep,
+                       int complement, int threads) {
+  int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+  {
+    uint32_t *u = (uint32_t *)malloc(sizeof(uint32_t) * 3 * (size_t)n);
+    if (!u) failed = 1;
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t r = 0; r < rows; ++r) {
+      if (!u) continue;
+      const int64_t base = (r / C) * sN + (r % C) * sC;
+      const float *xr = x + base;
+      uint8_t *mr = pass + base;
+      for (int64_t i = 0; i < n; ++i) {
+        uint32_t v;
+        memcpy(&v, xr + i * ss, 4);
+        u[i] = v & 0x7fffffffu;
+      }
+      uint32_t t = 0;
+      int64_t need = n;
+      if (keep < n) radix_select(u, n, keep, u + n, u + 2 * n, &t, &need);
+      for (int64_t i = 0; i < n; ++i) {
+        const uint32_t v = u[i];
+        const int tie = (v == t) & (need > 0);
+        need -= tie;
+        mr[i * ss] = (uint8_t)(((v > t) | tie) ^ (complement != 0));
+      }
+      if (out) {
+        float *orow = out + base;
+        for (int64_t i = 0; i < n; ++i) orow[i * ss] = mr[i * ss] ? xr[i * ss] : 0.0f;
+      }
+    }
+    free(u);
+  }
+  return failed;
+}
+"""
+_CFLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp")
+
+_lib = None
+_lib_error: str | None = None
+_lib_lock = threading.Lock()
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("SHAPEBIAS_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shapebias"
+
+
+def _build_cpu_kernel() -> ctypes.CDLL:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not compiler:
+        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    digest = hashlib.sha256((_C_SOURCE + " ".join(_CFLAGS) + compiler + platform.machine()).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"topk_cpu_{digest}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            src = Path(tmp) / "topk_cpu.c"
+            src.write_text(_C_SOURCE)
+            built = Path(tmp) / target.name
+            proc = subprocess.run(
+                [compiler, *_CFLAGS, str(src), "-o", str(built)], capture_output=True, text=True, timeout=300
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[-500:]}")
+            os.replace(built, target)  # atomic: concurrent builders (Ray workers) do not collide
+    lib = ctypes.CDLL(str(target))
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.shapebias_topk_f32.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]
+    lib.shapebias_topk_f32.restype = ctypes.c_int
+    return lib
+
+
+def cpu_kernel():
+    """The compiled C kernel (built on first use, cached); None, with one warning, if it cannot be."""
+    global _lib, _lib_error
+    if _lib is None and _lib_error is None:
+        with _lib_lock:
+            if _lib is None and _lib_error is None:
+                try:
+                    _lib = _build_cpu_kernel()
+                except Exception as exc:  # no compiler, read-only cache, ...: fall back, say so once
+                    _lib_error = f"{type(exc).__name__}: {exc}"
+                    warnings.warn(
+                        f"shapebias: the C Top-K kernel is unavailable ({_lib_error}); "
+                        "using the plain PyTorch threshold path (exact, slower)",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+    return _lib
+
+
+def _cpu_topk(x: torch.Tensor, keep: int, complement: bool, want_out: bool):
+    """Run the C kernel on a float32 CPU (N, C, H, W) tensor: (out or None, pass mask)."""
+    x = _layout_ok(x.detach())
+    n_, c, h, w = x.shape
+    s_n, s_c, s_h, s_w = x.stride()
+    if not (h == 1 or w == 1 or s_h == w * s_w):
+        x = x.contiguous()
+        s_n, s_c, s_h, s_w = x.stride()
+    ss = s_w if w > 1 else s_h
+    passed = torch.empty_like(x, dtype=torch.bool)
+    out = torch.empty_like(x) if want_out else None
+    assert passed.stride() == x.stride() and (out is None or out.stride() == x.stride())
+    rc = cpu_kernel().shapebias_topk_f32(
+        x.data_ptr(), out.data_ptr() if want_out else None, passed.data_ptr(),
+        n_ * c, c, s_n, s_c, ss, h * w, keep, int(complement), torch.get_num_threads(),
+    )
+    if rc != 0:
+        raise MemoryError("the C Top-K kernel could not allocate its row buffers")
+    return out, passed
+
+
+def _backend(x: torch.Tensor, backend: str | None) -> str:
+    choice = backend or os.environ.get(BACKEND_ENV, "auto") or "auto"
+    check_choice(BACKEND_ENV, choice, BACKENDS)
+    cpu_ok = x.device.type == "cpu" and x.dtype == torch.float32
+    if choice == "auto":
+        return "cpu" if cpu_ok and cpu_kernel() is not None else "torch"
+    if choice == "cpu" and not cpu_ok:
+        return "torch"  # the kernel covers float32 CPU tensors only
+    if choice == "cpu" and cpu_kernel() is None:
+        raise RuntimeError(f"{BACKEND_ENV}=cpu but the C Top-K kernel is unavailable: {_lib_error}")
+    return choice
+
+
+def _layout_ok(x: torch.Tensor) -> torch.Tensor:
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
+
+
+def fast_mask(x: torch.Tensor, k: float, backend: str | None = None) -> torch.Tensor:
+    """The mask of :func:`topk_mask`, computed fast (same positions, ties included)."""
+    n, c, h, w = x.shape
+    keep = kept_count(k, h * w)
+    chosen = _backend(x, backend)
+    if chosen == "reference":
+        return topk_mask(x, k)
+    if keep >= h * w:
+        return torch.ones_like(x, dtype=torch.bool)
+    if chosen == "cpu":
+        return _cpu_topk(x, keep, False, want_out=False)[1]
+    return _threshold_mask(x, keep)
+
+
+class _MaskedPass(torch.autograd.Function):
+    """``out = x * pass``, saving only the boolean ``pass`` mask; backward ``grad * pass``."""
+
+    @staticmethod
+    def forward(ctx, x, k: float, complement: bool, backend: str):
+        n, c, h, w = x.shape
+        keep = kept_count(k, h * w)
+        if backend == "cpu":
+            out, passed = _cpu_topk(x, keep, complement, want_out=True)
+        else:
+            kept = _threshold_mask(x, keep) if keep < h * w else torch.ones_like(x, dtype=torch.bool)
+            passed = ~kept if complement else kept
+            out = x * passed
+        ctx.save_for_backward(passed)
+        ctx.mark_non_differentiable(passed)
+        return out, passed
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mask):
+        (passed,) = ctx.saved_tensors
+        return grad_out * passed, None, None, None
+
+
+def topk(x: torch.Tensor, k: float, mode: str = "topk", backend: str | None = None) -> torch.Tensor:
+    """Top-K sparsity, exactly equal to :func:`topk_reference` (values, kept positions, gradients).
+
+    Args:
+        x: (N, C, H, W) tensor.
+        k: fraction of spatial positions kept, in (0, 1].
+        mode: one of :data:`MODES`.
+        backend: one of :data:`BACKENDS`; default ``$SHAPEBIAS_TOPK_BACKEND`` or ``auto``.
+    """
+    check_choice("mode", mode, MODES)
+    if x.dim() != 4:
+        raise ValueError(f"Top-K expects a (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+    chosen = _backend(x, backend)
+    if chosen == "reference":
+        return topk_reference(x, k, mode)
+    if mode == "topk_mean":
+        return _apply_mask(x, fast_mask(x, k, chosen), mode)
+    out, _ = _MaskedPass.apply(x, k, mode == "complement", chosen)
+    return out
 
 
 class TopK(nn.Module):
@@ -68,20 +409,24 @@ class TopK(nn.Module):
     Args:
         k: fraction of spatial positions kept, in (0, 1].
         mode: ``topk``, ``topk_mean`` or ``complement``.
+        backend: implementation (see :data:`BACKENDS`); default ``$SHAPEBIAS_TOPK_BACKEND``/``auto``.
     """
 
-    def __init__(self, k: float, mode: str = "topk") -> None:
+    def __init__(self, k: float, mode: str = "topk", backend: str | None = None) -> None:
         super().__init__()
         self.k = check_fraction("topk", k)
         check_choice("mode", mode, MODES)
+        if backend is not None:
+            check_choice("backend", backend, BACKENDS)
         self.mode = mode
+        self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"TopK expects a (N, C, H, W) tensor, got shape {tuple(x.shape)}")
         if self.mode == "topk" and self.k >= 1.0:
             return x
-        return topk_reference(x, self.k, self.mode)
+        return topk(x, self.k, self.mode, self.backend)
 
     def extra_repr(self) -> str:
         return f"k={self.k}, mode={self.mode!r}"

@@ -1,0 +1,274 @@
+"""Fréchet Inception Distance through pytorch-fid (its InceptionV3, statistics and distance).
+
+Weights: pytorch-fid's port of the TensorFlow FID Inception, ``pt_inception-2015-12-05-6726825d.pth``,
+from the torch hub cache (``$TORCH_HOME/hub/checkpoints/``) or an explicit file. Nothing is
+downloaded: a missing file raises :class:`WeightsError` naming the file and the folder. A file
+whose SHA-256 does not start with ``6726825d`` (the hash in the official file name) still works
+but is reported as *unverified* (:func:`weights_verified`), and the training job then logs the
+score as ``fid_unverified``, never as ``fid``.
+
+Images go through files, as in pytorch-fid: generated images and the reference set (the
+training folder, resized to the generator's size) are written as PNG, and pytorch-fid's
+``calculate_activation_statistics`` reads them (pixels in [0, 1], which its InceptionV3 maps to
+[-1, 1]).
+
+Protocols (:data:`PROTOCOLS`):
+
+``standard``  5,000 generated images; reference images resized with bicubic filtering; the
+              reported score of a run is the best of its evaluations and the last is kept too.
+``authors``   FastGAN's evaluation as used by Li et al. (2023): 2,000 generated images (the
+              ``n_sample`` default of FastGAN's evaluation script), reference images resized to
+              (size, size) with bilinear filtering (``transforms.Resize``), the best FID over the
+              checkpoints evaluated. Their pixel scaling, [-1, 1] images into an Inception built
+              with ``normalize_input=False``, is reproduced literally; it is numerically the same
+              mapping as pytorch-fid's [0, 1] input with ``normalize_input=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from shapebias.errors import ConfigError, WeightsError, check_choice
+
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_SHA256_PREFIX = "6726825d"
+INCEPTION_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + INCEPTION_FILE
+)
+DIMS = 2048
+
+
+@dataclass(frozen=True)
+class FidProtocol:
+    name: str
+    n_samples: int
+    resize_filter: str  # how the reference images are resized to the generator's size
+    input_range: str  # "[0,1]" (pytorch-fid) or "[-1,1]" (FastGAN's benchmarking script)
+    report: str = "best"  # the run's `fid` is the best of its evaluations
+
+    def params(self) -> dict[str, str]:
+        return {f"fid_protocol.{k}": str(v) for k, v in asdict(self).items() if k != "name"}
+
+
+PROTOCOLS = {
+    "standard": FidProtocol("standard", 5000, "bicubic", "[0,1]"),
+    "authors": FidProtocol("authors", 2000, "bilinear", "[-1,1]"),
+}
+
+
+def get_protocol(name: str) -> FidProtocol:
+    check_choice("fid_protocol", name, tuple(PROTOCOLS))
+    return PROTOCOLS[name]
+
+
+def hub_checkpoints_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def resolve_weights(path: str | os.PathLike | None = None) -> Path:
+    """The Inception weights file: ``path`` if given, else the torch hub cache; WeightsError if absent."""
+    if path:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise WeightsError(
+                f"FID Inception weights file {p} (fid_weights) does not exist; pass the path of "
+                f"{INCEPTION_FILE} (from {INCEPTION_URL})"
+            )
+        return p
+    p = hub_checkpoints_dir() / INCEPTION_FILE
+    if not p.is_file():
+        raise WeightsError(
+            f"FID needs pytorch-fid's Inception weights {INCEPTION_FILE}, which are not in {p.parent}; "
+            f"download {INCEPTION_URL} on a machine with internet and put it in that folder, or pass "
+            f"fid_weights=/path/to/{INCEPTION_FILE} (or set fid_every=0 to train without FID)"
+        )
+    return p
+
+
+def weights_verified(path: str | os.PathLike) -> bool:
+    """True if the file's SHA-256 starts with the hash in the official file name."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest().startswith(INCEPTION_SHA256_PREFIX)
+
+
+@contextlib.contextmanager
+def _inception_state_from(load: Callable[..., dict]) -> Iterator[None]:
+    """pytorch-fid fetches its weights with ``load_state_dict_from_url``; point it at a file."""
+    import pytorch_fid.inception as inception_mod
+
+    original = inception_mod.load_state_dict_from_url
+    inception_mod.load_state_dict_from_url = load
+    try:
+        yield
+    finally:
+        inception_mod.load_state_dict_from_url = original
+
+
+def load_inception(weights: str | os.PathLike, device: str | torch.device = "cpu", normalize_input: bool = True):
+    """pytorch-fid's ``InceptionV3`` (pool3 features) with the weights in ``weights``."""
+    from pytorch_fid.inception import InceptionV3
+
+    def load(url, **_kwargs):
+        try:
+            return torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+            raise WeightsError(f"cannot read FID Inception weights {weights}: {type(exc).__name__}: {exc}") from None
+
+    with _inception_state_from(load):
+        try:
+            model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[DIMS]], normalize_input=normalize_input)
+        except RuntimeError as exc:  # state dict does not fit the architecture
+            raise WeightsError(f"{weights} is not a pytorch-fid Inception state dict: {str(exc)[:300]}") from None
+    return model.eval().to(device)
+
+
+def write_random_inception_weights(path: str | os.PathLike, seed: int = 0) -> Path:
+    """For tests only: pytorch-fid's Inception architecture with random weights, saved as a file.
+
+    Scores computed with such a file are not FIDs and are never logged as ``fid``.
+    """
+    import pytorch_fid.inception as inception_mod
+
+    built: list[torch.nn.Module] = []
+    make = inception_mod._inception_v3
+
+    def capture(*args, **kwargs):
+        built.append(make(*args, **kwargs))
+        return built[-1]
+
+    torch.manual_seed(seed)
+    inception_mod._inception_v3 = capture
+    try:
+        with _inception_state_from(lambda url, **kw: built[-1].state_dict()):
+            inception_mod.fid_inception_v3()
+    finally:
+        inception_mod._inception_v3 = make
+    torch.save(built[-1].state_dict(), path)
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------ image files
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
+    x = images.detach().float().add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_images(images: torch.Tensor, folder: str | Path, start: int = 0) -> list[Path]:
+    """Write a batch of images in [-1, 1] as PNG files ``000000.png``..."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, arr in enumerate(_to_uint8(images)):
+        p = folder / f"{start + i:06d}.png"
+        Image.fromarray(arr).save(p)
+        paths.append(p)
+    return paths
+
+
+def write_reference(files: Iterable[Path], size: int, folder: str | Path, protocol: FidProtocol) -> list[Path]:
+    """The reference set: the training images resized to (size, size) as PNG files."""
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[protocol.resize_filter]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, f in enumerate(files):
+        with Image.open(f) as img:
+            p = folder / f"{i:06d}.png"
+            img.convert("RGB").resize((size, size), resample).save(p)
+            out.append(p)
+    return out
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def statistics(files: list[Path], model, protocol: FidProtocol, batch_size: int = 50, device="cpu"):
+    """Mean and covariance of pool3 activations of image files (pytorch-fid's code)."""
+    from pytorch_fid.fid_score import calculate_activation_statistics
+
+    if len(files) < 2:
+        raise ConfigError(f"FID needs at least 2 images per set, got {len(files)}")
+    if protocol.input_range == "[0,1]":
+        return calculate_activation_statistics(
+            [str(f) for f in files], model, min(batch_size, len(files)), DIMS, device, num_workers=0
+        )
+    # FastGAN's benchmarking script: ToTensor then Normalize(0.5, 0.5) -> [-1, 1], fed to an
+    # Inception built with normalize_input=False. Wrap the model so that pytorch-fid's loader
+    # ([0, 1] tensors) feeds it exactly that.
+    if getattr(model, "normalize_input", True):
+        raise ConfigError("the authors' protocol needs an Inception built with normalize_input=False")
+    return calculate_activation_statistics(
+        [str(f) for f in files], _MinusOneToOne(model), min(batch_size, len(files)), DIMS, device, num_workers=0
+    )
+
+
+class _MinusOneToOne(torch.nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model((x - 0.5) / 0.5)
+
+
+def frechet_distance(stats_a, stats_b) -> float:
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    return float(calculate_frechet_distance(stats_a[0], stats_a[1], stats_b[0], stats_b[1]))
+
+
+def fid_of_folders(folder_a, folder_b, weights, protocol: str | FidProtocol = "standard", device="cpu") -> float:
+    """FID between two folders of same-size PNG/JPEG images."""
+    proto = protocol if isinstance(protocol, FidProtocol) else get_protocol(protocol)
+    model = load_inception(weights, device, normalize_input=proto.input_range == "[0,1]")
+    ext = (".png", ".jpg", ".jpeg")
+    files = [sorted(p for p in Path(f).iterdir() if p.suffix.lower() in ext) for f in (folder_a, folder_b)]
+    return frechet_distance(statistics(files[0], model, proto, device=device), statistics(files[1], model, proto, device=device))
+
+
+class FidEvaluator:
+    """Scores a generator against a reference folder; the reference statistics are computed once.
+
+    ``sample(n) -> (n, 3, H, W)`` in [-1, 1] provides generated images.
+    """
+
+    def __init__(self, reference_files: list[Path], im_size: int, weights, protocol: str | FidProtocol,
+                 device="cpu", n_samples: int | None = None, batch_size: int = 50) -> None:
+        self.protocol = protocol if isinstance(protocol, FidProtocol) else get_protocol(protocol)
+        self.n_samples = int(n_samples or self.protocol.n_samples)
+        self.device = device
+        self.batch_size = batch_size
+        self.model = load_inception(weights, device, normalize_input=self.protocol.input_range == "[0,1]")
+        self._tmp = tempfile.TemporaryDirectory(prefix="shapebias-fid-")
+        ref = write_reference(reference_files, im_size, Path(self._tmp.name) / "reference", self.protocol)
+        self.reference = statistics(ref, self.model, self.protocol, batch_size, device)
+
+    def __call__(self, sample: Callable[[int], torch.Tensor], batch: int = 16) -> float:
+        folder = Path(self._tmp.name) / "generated"
+        if folder.exists():
+            for p in folder.iterdir():
+                p.unlink()
+        files: list[Path] = []
+        while len(files) < self.n_samples:
+            n = min(batch, self.n_samples - len(files))
+            files += save_images(sample(n), folder, start=len(files))
+        return frechet_distance(statistics(files, self.model, self.protocol, self.batch_size, self.device), self.reference)
+
+    def close(self) -> None:
+        self._tmp.cleanup()

@@ -1,0 +1,205 @@
+"""The shape-bias figures: model-vs-human's per-category plot and the paper's sparsity curve.
+
+* :func:`plot_category_shape_bias` follows model-vs-human's ``shape-bias matrixplot``
+  (Geirhos et al. 2021): one row per shape category, the fraction of 'shape' decisions on the
+  x axis (fraction of 'texture' decisions on the reversed top axis), one marker per decision
+  maker per category, and a vertical line at each decision maker's overall shape bias.
+* :func:`plot_sparsity_curve` is Li et al. (2023), Fig. 1: shape bias against the Top-K
+  fraction kept, for AlexNet and VGG-16, with the dense networks and humans as references.
+
+:func:`reference_decision_makers` reads the authors' published decisions
+(``shared/reference/li2023-raw-cue-conflict``, one model-vs-human CSV per decision maker) and
+turns them into the same entries, so that a new run is drawn beside the published one.
+Everything uses matplotlib's Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from shapebias.metrics import shape_bias as sb
+
+HUMAN_COLOR = "#a51e37"  # model-vs-human draws humans in this red
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
+MODEL_NAMES = {"alexnet": "AlexNet", "vgg": "VGG-16", "vgg16": "VGG-16"}
+
+
+@dataclasses.dataclass
+class DecisionMaker:
+    """One line of a plot: a label, overall and per-category shape bias, how to draw it."""
+
+    label: str
+    shape_bias: float
+    by_category: dict[str, float]
+    color: str = "#1f77b4"
+    marker: str = "o"
+
+    @classmethod
+    def from_cues(cls, label: str, predicted, shape, texture, **style) -> DecisionMaker:
+        return cls(label, sb.shape_bias_score(predicted, shape, texture),
+                   sb.shape_bias_by_category(predicted, shape, texture), **style)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_category_shape_bias(entries: Sequence[DecisionMaker], path: str | Path, title: str = "") -> Path:
+    """model-vs-human's per-category shape-bias plot; categories ordered by the first entry
+    whose label is ``humans`` (as model-vs-human orders them), else alphabetically."""
+    plt = _pyplot()
+    path = Path(path)
+    categories = sorted({c for e in entries for c in e.by_category})
+    humans = next((e for e in entries if e.label == "humans"), None)
+    if humans is not None:
+        categories.sort(key=lambda c: -_nan_low(humans.by_category.get(c)))
+    n = len(categories)
+    fig, ax = plt.subplots(figsize=(7, 0.42 * n + 2.2))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.5, n - 0.5)
+    ax.set_yticks(range(n))
+    ax.set_yticklabels(categories)
+    ax.set_ylabel("Shape categories")
+    ax.set_xlabel("Fraction of 'shape' decisions")
+    top = ax.secondary_xaxis("top", functions=(lambda x: 1 - x, lambda x: 1 - x))
+    top.set_xlabel("Fraction of 'texture' decisions")
+    for i in range(n - 1):
+        ax.axhline(i + 0.5, color="gray", linestyle=":", alpha=0.4, linewidth=0.8)
+    for e in entries:
+        if not math.isnan(e.shape_bias):
+            ax.axvline(e.shape_bias, color=e.color, linewidth=1.2, alpha=0.8)
+        xs = [e.by_category.get(c, math.nan) for c in categories]
+        ax.scatter(xs, range(n), color=e.color, marker=e.marker, s=55, zorder=3, clip_on=False,
+                   edgecolors=(0.3, 0.3, 0.3, 0.3), linewidths=0.3,
+                   label=f"{e.label} ({e.shape_bias:.2f})")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _nan_low(v) -> float:
+    return -1.0 if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def plot_sparsity_curve(
+    curves: Mapping[str, Sequence[tuple[float, float]]],
+    path: str | Path,
+    *,
+    references: Mapping[str, float] | None = None,
+    title: str = "Shape bias with Top-K at inference (Li et al. 2023, Fig. 1)",
+) -> Path:
+    """Shape bias against the fraction kept (x in %, 'dense' = 100 %), one line per curve.
+
+    ``curves``: label -> [(fraction kept in (0, 1], shape bias)]; a label containing
+    ``published`` is drawn dashed. ``references``: label -> value, drawn as horizontal lines
+    (humans, dense networks).
+    """
+    plt = _pyplot()
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (label, points) in enumerate(curves.items()):
+        pts = sorted((k, v) for k, v in points if not math.isnan(v))
+        if not pts:
+            continue
+        style = "--" if "published" in label else "-"
+        ax.plot([100 * k for k, _ in pts], [v for _, v in pts], style, marker="o",
+                color=PALETTE[i % len(PALETTE)], label=label)
+    for j, (label, value) in enumerate((references or {}).items()):
+        if math.isnan(value):
+            continue
+        color = HUMAN_COLOR if "human" in label else PALETTE[(len(curves) + j) % len(PALETTE)]
+        ax.axhline(value, color=color, linestyle=":", linewidth=1.2, label=f"{label} ({value:.2f})")
+    ax.set_xlabel("Top-K: fraction of positions kept per channel (%)")
+    ax.set_ylabel("Shape bias")
+    ax.set_ylim(0, 1)
+    ax.set_xlim(0, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------ published decisions
+
+# AlexNet-topK-10, AlexNet-topK-10-Revert, VGG-topK-5, AlexNet-normal / VGG-normal. Other names in
+# the folder (VGG-topK0..10, ViT, CLIP) are not points of the Fig. 1 curve.
+_MODEL_RUN = re.compile(r"^(?P<model>alexnet|vgg)[-_](?:(?P<normal>normal)|topk[-_](?P<k>\d+)(?P<revert>[-_]revert)?)$")
+
+
+def parse_reference_name(subj: str) -> tuple[str, str, float] | None:
+    """``AlexNet_topK_10_Revert`` -> (``alexnet``, ``complement``, 0.10); ``VGG_normal`` ->
+    (``vgg16``, ``none``, 1.0); None for names that are not a point of the sparsity curve."""
+    m = _MODEL_RUN.match(subj.lower())
+    if m is None:
+        return None
+    model = "vgg16" if m["model"] == "vgg" else "alexnet"
+    if m["normal"]:
+        return model, "none", 1.0
+    return model, "complement" if m["revert"] else "topk", int(m["k"]) / 100
+
+
+@dataclasses.dataclass
+class Reference:
+    """The published decision makers, ready to plot."""
+
+    humans: DecisionMaker | None
+    curves: dict[tuple[str, str], list[tuple[float, float]]]  # (model, mode) -> [(k, shape bias)]
+    makers: dict[tuple[str, str, float], DecisionMaker]       # (model, mode, k) -> entry
+
+
+def reference_decision_makers(folder: str | Path | None) -> Reference | None:
+    """Read the authors' published decisions; None when the folder is absent."""
+    if folder is None or not Path(folder).is_dir():
+        return None
+    frames = sb.read_results_dir(folder)
+    human_frames = [df for subj, df in frames.items() if sb.is_human(subj)]
+    humans = (DecisionMaker.from_cues("humans", *sb.pooled(human_frames), color=HUMAN_COLOR, marker="D")
+              if human_frames else None)
+    curves: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    makers: dict[tuple[str, str, float], DecisionMaker] = {}
+    for subj, df in frames.items():
+        key = parse_reference_name(subj)
+        if key is None or key in makers:  # AlexNet_normal and alexnet_normal are the same decisions
+            continue
+        model, mode, k = key
+        label = f"{MODEL_NAMES[model]} {'dense' if mode == 'none' else f'{mode} {int(round(k * 100))}%'} (published)"
+        makers[key] = DecisionMaker.from_cues(label, *sb.cues_of_frame(df), color="#7f7f7f", marker="s")
+        if mode != "none":
+            curves.setdefault((model, mode), []).append((k, makers[key].shape_bias))
+    return Reference(humans, {k: sorted(v) for k, v in curves.items()}, makers)
+
+
+def figure_curves(
+    ours: Mapping[str, Sequence[tuple[float, float]]], reference: Reference | None
+) -> tuple[dict[str, list[tuple[float, float]]], dict[str, float]]:
+    """Curves and reference lines for :func:`plot_sparsity_curve`: this run's curve(s), the
+    published AlexNet and VGG-16 curves (Top-K and complement), dense networks and humans."""
+    curves = {label: list(points) for label, points in ours.items()}
+    refs: dict[str, float] = {}
+    if reference is not None:
+        for (model, mode), points in sorted(reference.curves.items()):
+            curves[f"{MODEL_NAMES[model]} {mode} (published)"] = points
+        for (model, mode, _k), maker in sorted(reference.makers.items()):
+            if mode == "none":
+                refs[f"{MODEL_NAMES[model]} dense (published)"] = maker.shape_bias
+        if reference.humans is not None:
+            refs["humans (published)"] = reference.humans.shape_bias
+    return curves, refs

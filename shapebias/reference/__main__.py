@@ -1,0 +1,5 @@
+import sys
+
+from shapebias.reference import main
+
+sys.exit(main())

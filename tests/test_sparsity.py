@@ -1,0 +1,247 @@
+"""Top-K: the definition, the direct formulation, and the fast paths, compared exactly.
+
+Exact means ``torch.equal`` on outputs, on the kept-position masks and on gradients (ties
+included), not a tolerance.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from shapebias import sparsity as S
+from shapebias.errors import ConfigError
+
+FAST = ["cpu", "torch"]
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available here")
+
+
+def distinct(*shape: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+    """Values with distinct |x| in every row (no ties), random signs."""
+    g = torch.Generator().manual_seed(seed)
+    n = 1
+    for s in shape:
+        n *= s
+    mags = (torch.randperm(n, generator=g).to(torch.float64) + 1) / n
+    signs = torch.randint(0, 2, (n,), generator=g) * 2 - 1
+    return (mags * signs).reshape(shape).to(dtype)
+
+
+def tied(*shape: int, seed: int = 0, levels: int = 3, dtype=torch.float32) -> torch.Tensor:
+    """Few distinct magnitudes (plenty of ties at the threshold), both signs and zeros."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(-levels, levels + 1, shape, generator=g).to(dtype)) / 2
+
+
+def run(fn, x: torch.Tensor, grad: torch.Tensor):
+    x = x.detach().clone().requires_grad_(True)
+    y = fn(x)
+    (gx,) = torch.autograd.grad(y, x, grad)
+    return y.detach(), gx
+
+
+def assert_same(fast, ref, x: torch.Tensor, seed: int = 1):
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x.dtype)
+    y1, g1 = run(fast, x, g)
+    y2, g2 = run(ref, x, g)
+    assert y1.dtype == y2.dtype and y1.shape == y2.shape
+    assert torch.equal(y1, y2), "values differ"
+    assert torch.equal(g1, g2), "gradients differ"
+
+
+# ---- the definition and the direct formulation -----------------------------------------------
+
+
+@pytest.mark.parametrize("mode", S.MODES)
+@pytest.mark.parametrize("k", [0.001, 0.05, 0.2, 0.5, 1.0])
+def test_reference_matches_direct_formulation_without_ties(mode, k):
+    x = distinct(2, 3, 9, 11)
+    assert_same(lambda t: S.topk_direct(t, k, mode), lambda t: S.topk_reference(t, k, mode), x)
+
+
+def test_reference_semantics_by_hand():
+    x = torch.tensor([[[[3.0, -5.0], [1.0, -2.0]]]], requires_grad=True)
+    # k = 0.5 keeps 2 of 4 positions: -5 and 3
+    assert torch.equal(S.topk_reference(x, 0.5), torch.tensor([[[[3.0, -5.0], [0.0, 0.0]]]]))
+    assert torch.equal(S.topk_reference(x, 0.5, "complement"), torch.tensor([[[[0.0, 0.0], [1.0, -2.0]]]]))
+    assert torch.equal(S.topk_reference(x, 0.5, "topk_mean"), torch.tensor([[[[-1.0, -1.0], [0.0, 0.0]]]]))
+    # k so small that one position is kept
+    assert torch.equal(S.topk_reference(x, 0.01), torch.tensor([[[[0.0, -5.0], [0.0, 0.0]]]]))
+    # k = 1: identity, channel mean, nothing
+    assert torch.equal(S.topk_reference(x, 1.0), x.detach())
+    assert torch.equal(S.topk_reference(x, 1.0, "topk_mean"), torch.full((1, 1, 2, 2), -0.75))
+    assert not S.topk_reference(x, 1.0, "complement").any()
+    # gradients of topk_mean: every kept position receives (sum of kept grads) / keep
+    y = S.topk_reference(x, 0.5, "topk_mean")
+    (g,) = torch.autograd.grad(y, x, torch.tensor([[[[1.0, 2.0], [4.0, 8.0]]]]))
+    assert torch.equal(g, torch.tensor([[[[1.5, 1.5], [0.0, 0.0]]]]))
+
+
+def test_tie_rule_is_lowest_index():
+    x = torch.tensor([[[[1.0, 2.0, -1.0, 1.0, 0.0, -1.0]]]])
+    # keep 3: the 2, then two of the four |x| == 1 ties: the lowest indices 0 and 2
+    assert S.topk_mask(x, 0.5).flatten().tolist() == [True, True, True, False, False, False]
+    for backend in FAST:
+        assert torch.equal(S.fast_mask(x, 0.5, backend), S.topk_mask(x, 0.5))
+    zeros = torch.zeros(1, 1, 4, 4)
+    for backend in FAST:
+        assert S.fast_mask(zeros, 0.25, backend).flatten().tolist() == [True] * 4 + [False] * 12
+
+
+def test_kept_count():
+    assert S.kept_count(0.2, 3136) == 627
+    assert S.kept_count(1e-6, 49) == 1
+    assert S.kept_count(1.0, 49) == 49
+
+
+# ---- the fast paths, exactly equal to the definition ---------------------------------------
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("mode", S.MODES)
+@pytest.mark.parametrize("k", [1e-4, 0.05, 0.2, 0.7, 1.0])
+@pytest.mark.parametrize("make", [distinct, tied], ids=["distinct", "ties"])
+def test_fast_equals_definition(backend, mode, k, make):
+    x = make(3, 4, 7, 13)  # odd spatial size (91 positions)
+    assert_same(lambda t: S.topk(t, k, mode, backend), lambda t: S.topk_reference(t, k, mode), x)
+    assert torch.equal(S.fast_mask(x, k, backend), S.topk_mask(x, k))
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 1, 17), (2, 3, 17, 1), (1, 2, 2, 2), (2, 5, 56, 56)])
+def test_fast_odd_shapes(backend, shape):
+    for k in (0.01, 0.3, 1.0):
+        x = tied(*shape, levels=5) + 0.01 * distinct(*shape)
+        for mode in S.MODES:
+            assert_same(lambda t: S.topk(t, k, mode, backend), lambda t: S.topk_reference(t, k, mode), x)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_fast_real_activations(backend):
+    # post-ReLU maps: many exact zeros, so at large k the threshold is a tie at 0
+    x = torch.relu(torch.randn(4, 8, 28, 28, generator=torch.Generator().manual_seed(3)))
+    for k in (0.05, 0.2, 0.6, 0.9):
+        for mode in S.MODES:
+            assert_same(lambda t: S.topk(t, k, mode, backend), lambda t: S.topk_reference(t, k, mode), x)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced"])
+def test_fast_layouts(backend, layout):
+    base = tied(2, 6, 10, 12, levels=4) + 0.001 * distinct(2, 6, 10, 12)
+    if layout == "channels_last":
+        x = base.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed":
+        x = base.transpose(2, 3)  # (2, 6, 12, 10), not contiguous in any format
+    else:
+        x = base[:, ::2, 1:, ::3]  # strided view
+    assert not x.is_contiguous()
+    for mode in S.MODES:
+        assert_same(lambda t: S.topk(t, 0.2, mode, backend), lambda t: S.topk_reference(t, 0.2, mode), x)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_fast_dtypes(backend, dtype):
+    # bfloat16/float16 have few distinct values, so ties are frequent: a real test of the tie rule
+    x = torch.randn(2, 4, 9, 9, generator=torch.Generator().manual_seed(5)).to(dtype)
+    for mode in S.MODES:
+        for k in (0.1, 0.5):
+            assert_same(lambda t: S.topk(t, k, mode, backend), lambda t: S.topk_reference(t, k, mode), x)
+
+
+def test_cpu_kernel_builds_and_is_used():
+    if S.cpu_kernel() is None:
+        pytest.skip(f"no C compiler here: {S._lib_error}")
+    x = distinct(1, 2, 5, 5)
+    assert S._backend(x, None) == "cpu"
+    assert S._backend(x.double(), None) == "torch"  # the kernel covers float32 only
+
+
+def test_fast_saves_only_a_bool_mask():
+    x = distinct(2, 3, 8, 8).requires_grad_(True)
+    y = S.topk(x, 0.2)
+    saved = y.grad_fn.saved_tensors
+    assert len(saved) == 1 and saved[0].dtype == torch.bool
+
+
+def test_fallback_without_compiler(monkeypatch, tmp_path):
+    monkeypatch.setattr(S, "_lib", None)
+    monkeypatch.setattr(S, "_lib_error", None)
+    monkeypatch.setenv("SHAPEBIAS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    x = tied(2, 3, 6, 6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert S._backend(x, None) == "torch"
+    assert any("C Top-K kernel is unavailable" in str(w.message) for w in caught)
+    assert_same(lambda t: S.topk(t, 0.3), lambda t: S.topk_reference(t, 0.3), x)
+    with pytest.raises(RuntimeError, match="unavailable"):
+        S.topk(x, 0.3, backend="cpu")
+
+
+def test_backend_setting(monkeypatch):
+    x = distinct(1, 1, 4, 4)
+    monkeypatch.setenv(S.BACKEND_ENV, "reference")
+    assert S._backend(x, None) == "reference"
+    monkeypatch.setenv(S.BACKEND_ENV, "fastest")
+    with pytest.raises(ConfigError, match="SHAPEBIAS_TOPK_BACKEND='fastest'"):
+        S.topk(x, 0.5)
+
+
+# ---- the module ------------------------------------------------------------------------------
+
+
+def test_module_validation_and_identity():
+    x = distinct(2, 2, 4, 4)
+    assert S.TopK(1.0)(x) is x
+    assert "k=0.2" in repr(S.TopK(0.2, "topk_mean"))
+    with pytest.raises(ConfigError, match="topk"):
+        S.TopK(0.0)
+    with pytest.raises(ConfigError, match="topk"):
+        S.TopK(1.5)
+    with pytest.raises(ConfigError, match="mode"):
+        S.TopK(0.2, "median")
+    with pytest.raises(ConfigError, match="backend"):
+        S.TopK(0.2, backend="gpu")
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        S.TopK(0.2)(torch.ones(3, 4))
+
+
+@pytest.mark.parametrize("mode", S.MODES)
+def test_module_in_a_network_trains_like_the_definition(mode):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    x = torch.randn(2, 3, 10, 10)
+
+    def loss(fn):
+        conv.zero_grad()
+        out = fn(torch.relu(conv(x))).square().mean()
+        out.backward()
+        return out.detach(), conv.weight.grad.clone()
+
+    a = loss(S.TopK(0.2, mode))
+    b = loss(lambda t: S.topk_reference(t, 0.2, mode))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+# ---- CUDA (skipped where absent) ------------------------------------------------------------
+
+
+@CUDA
+@pytest.mark.parametrize("mode", S.MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_equals_definition(mode, dtype):
+    for make in (distinct, tied):
+        x = make(4, 8, 14, 14).to(dtype).cuda()
+        for k in (0.01, 0.2, 1.0):
+            assert_same(lambda t: S.topk(t, k, mode), lambda t: S.topk_reference(t, k, mode), x)
+            assert torch.equal(S.fast_mask(x, k), S.topk_mask(x, k))
+
+
+@CUDA
+def test_cuda_channels_last():
+    x = tied(2, 8, 12, 12).cuda().contiguous(memory_format=torch.channels_last)
+    assert_same(lambda t: S.topk(t, 0.2), lambda t: S.topk_reference(t, 0.2), x)

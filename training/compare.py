@@ -1,0 +1,187 @@
+"""The compare step: the seed's reproduction tables, rebuilt from MLflow runs.
+
+    mlflow run . -e compare -P experiment=NAME[,NAME...] --env-manager local
+    shapebias compare --experiment NAME [--output-dir DIR] [--tracking-uri URI]
+
+Reads every run of the named experiments from the tracking store (any URI MLflow reads),
+builds Table 1, Table 2a/2b and the shape-bias table with the published values beside each
+cell and a verdict per claim (``shapebias.tables``), prints them, and logs them as Markdown,
+CSV, a self-contained HTML page and PNG plots to a run tagged ``shapebias.task=compare``.
+Runs that a table cannot use are listed with the reason, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from shapebias import tables
+from shapebias.errors import DataError
+from shapebias.tracking import cli_main, tracked_run, ui_command
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="shapebias compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("--experiment", required=True, help="one or more experiment names, comma-separated")
+    p.add_argument("--output-dir", default="", help="also keep the report here (default: a temporary folder)")
+    p.add_argument("--tracking-uri", default="", help="read runs from this store (default: MLFLOW_TRACKING_URI)")
+    p.add_argument("--no-log", action="store_true", help="print and write files only; create no compare run")
+    return p.parse_args(argv)
+
+
+def experiment_names(value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise DataError(f"experiment={value!r}: name at least one MLflow experiment (comma-separated for several)")
+    return names
+
+
+def read_runs(client, names: list[str]) -> tuple[list[tables.Run], list[str]]:
+    """All active runs of the named experiments as :class:`tables.Run`; warnings for names with no runs.
+
+    Raises DataError when no named experiment exists, or none has a run.
+    """
+    from mlflow.entities import ViewType
+
+    warnings: list[str] = []
+    experiments = {}
+    for name in names:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            warnings.append(f"experiment {name!r} does not exist")
+        else:
+            experiments[exp.experiment_id] = name
+    if not experiments:
+        known = sorted(e.name for e in client.search_experiments(view_type=ViewType.ALL))
+        raise DataError(f"no experiment named {', '.join(map(repr, names))} in {client.tracking_uri}; "
+                        f"existing experiments: {', '.join(known) or '(none)'}")
+    runs = _read_sql(client, experiments)
+    if runs is None:
+        runs = _read_client(client, experiments)
+    for exp_id, name in experiments.items():
+        if not any(r.experiment == name for r in runs):
+            warnings.append(f"experiment {name!r} has no runs")
+    if not runs:
+        raise DataError(f"experiment(s) {', '.join(map(repr, experiments.values()))} have no runs: "
+                        "launch them first (see `shapebias reproduce --help`)")
+    return runs, warnings
+
+
+def _read_client(client, experiments: dict[str, str]) -> list[tables.Run]:
+    """Any tracking store, through the public search API (paged)."""
+    from mlflow.entities import ViewType
+
+    runs: list[tables.Run] = []
+    token = None
+    while True:
+        page = client.search_runs(list(experiments), max_results=10000, page_token=token,
+                                  run_view_type=ViewType.ACTIVE_ONLY)
+        for r in page:
+            runs.append(tables.Run(
+                run_id=r.info.run_id, params=dict(r.data.params), metrics=dict(r.data.metrics),
+                tags=dict(r.data.tags), status=r.info.status, experiment=experiments[r.info.experiment_id],
+                start_time=r.info.start_time or 0, run_name=r.info.run_name or ""))
+        token = page.token
+        if not token:
+            break
+    return runs
+
+
+def _read_sql(client, experiments: dict[str, str]) -> list[tables.Run] | None:
+    """A database-backed store (SQLite, PostgreSQL...) read with four column queries.
+
+    MLflow's search builds a full Run object per run, which takes seconds for 1,000 runs; here the
+    same data (params, latest metric values, tags: what ``search_runs`` returns) comes straight from
+    MLflow's own SQLAlchemy models. None where the store is not a database (an HTTP server):
+    the caller then uses the public API. ``tests/test_compare.py`` checks that both agree.
+    """
+    try:
+        from mlflow.store.tracking.dbmodels import models
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        from mlflow.tracking._tracking_service.utils import _get_store
+
+        store = _get_store(client.tracking_uri)
+    except Exception:  # noqa: BLE001 - private API moved: the public one still works
+        return None
+    if not isinstance(store, SqlAlchemyStore):
+        return None
+    ids = [int(i) for i in experiments]
+    R = models.SqlRun
+    with store.ManagedSessionMaker() as session:
+        active = session.query(R.run_uuid).filter(R.experiment_id.in_(ids), R.lifecycle_stage == "active")
+        head = active.add_columns(R.experiment_id, R.status, R.start_time, R.name).all()
+        runs = {rid: tables.Run(run_id=rid, params={}, metrics={}, tags={}, status=status,
+                                experiment=experiments[str(exp)], start_time=start or 0, run_name=name or "")
+                for rid, exp, status, start, name in head}
+        sub = active.subquery()
+        for model, field in ((models.SqlParam, "params"), (models.SqlTag, "tags")):
+            for rid, key, value in session.query(model.run_uuid, model.key, model.value).join(
+                    sub, model.run_uuid == sub.c.run_uuid):
+                getattr(runs[rid], field)[key] = value
+        M = models.SqlLatestMetric
+        for rid, key, value, is_nan in session.query(M.run_uuid, M.key, M.value, M.is_nan).join(
+                sub, M.run_uuid == sub.c.run_uuid):
+            runs[rid].metrics[key] = float("nan") if is_nan else float(value)
+    return sorted(runs.values(), key=lambda r: -r.start_time)
+
+
+def build(client, names: list[str], exclude: str = "") -> tuple[tables.Report, list[str], dict[str, float]]:
+    t0 = time.perf_counter()
+    runs, warnings = read_runs(client, names)
+    runs = [r for r in runs if r.run_id != exclude]
+    t1 = time.perf_counter()
+    report = tables.build_report(runs)
+    report.notes[:0] = warnings
+    t2 = time.perf_counter()
+    return report, warnings, {"read_s": t1 - t0, "build_s": t2 - t1}
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    args = parse_args(argv)
+    if args.tracking_uri:
+        mlflow.set_tracking_uri(args.tracking_uri)
+    names = experiment_names(args.experiment)
+    client = MlflowClient()
+    params = {"experiment": ",".join(names), "output_dir": args.output_dir}
+    out_dir = Path(args.output_dir) if args.output_dir else Path(tempfile.mkdtemp(prefix="shapebias-compare-"))
+
+    def work(exclude: str = "") -> tables.Report:
+        report, _, timing = build(client, names, exclude)
+        header = [f"experiments: {', '.join(names)}; tracking store: {client.tracking_uri}",
+                  f"runs read: {report.n_runs} in {timing['read_s']:.2f} s; tables built in {timing['build_s']:.2f} s"]
+        tables.write_outputs(report, out_dir, header)
+        print(tables.render_text(report, header))
+        if not report.sections:
+            raise DataError(f"no table could be built from the {report.n_runs} runs of {', '.join(names)}: "
+                            f"every run is listed above under 'Runs left out' with the reason")
+        return report
+
+    if args.no_log:
+        work()
+        print(f"report written to {out_dir}")
+        return 0
+    with tracked_run("compare", params, run_name=f"compare {','.join(names)}") as run:
+        try:
+            report = work(exclude=run.info.run_id)
+        finally:
+            if any(out_dir.iterdir()):
+                mlflow.log_artifacts(str(out_dir), artifact_path="compare")
+        mlflow.log_metrics({"runs_read": report.n_runs, "runs_left_out": len(report.left_out),
+                            "claims_held": int((report.verdicts["verdict"] == "holds").sum()),
+                            "claims_tested": int((report.verdicts["test"] != "none").sum())})
+        print(f"compare run {run.info.run_id}: tables {', '.join(report.built)}; "
+              f"artifacts under compare/ (report.html, tables.md, *.csv)")
+        print(f"report also in {out_dir}" if args.output_dir else "")
+        print(f"see it: {ui_command()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Texture synthesis / feature inversion through Top-K masks (Li et al. 2023, Sec. 3.1), measured.
+
+    mlflow run . -e texture_synthesis --env-manager local -P image=skimage:chelsea
+    mlflow run . -e texture_synthesis --env-manager local -P image_size=64 -P steps=5 -P weights=random
+
+For every image and every mask (``all``, ``topk``, ``complement``; :mod:`shapebias.synthesis`)
+the job synthesises a texture from the masked Gram matrices (``method=texture``, Gatys et al.
+2015) or reconstructs the image from the masked feature maps (``method=inversion``), then scores
+how much of the original's structure survived:
+
+* metrics ``ssim_<mask>`` and ``edge_corr_<mask>`` (mean over the images; per image also
+  ``ssim_<mask>.<image>`` when there are several), and ``ssim_noise`` / ``edge_corr_noise``, the
+  same scores of the white-noise start (after histogram matching): the chance level;
+* curves ``loss_<mask>`` (``loss_<mask>.<image>`` with several images) over L-BFGS iterations;
+* artifacts ``grids/<image>.png`` (original | all | Top-K | complement), ``images/<image>_<mask>.png``,
+  ``losses.png``, ``structure_metrics.csv``, ``losses.csv``.
+
+``weights=random`` (random VGG-19 filters, itself a known texture-synthesis baseline) is allowed
+only by name: such runs are tagged ``shapebias.weights=random`` and named ``RANDOM-WEIGHTS ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+
+from shapebias import synthesis, tracking
+from shapebias.errors import ConfigError, check_choice, check_fraction
+
+TASK = "texture_synthesis"
+RANDOM_PREFIX = "RANDOM-WEIGHTS"
+MASK_TITLES = {"all": "all", "topk": "Top-K", "complement": "complement (non-Top-K)"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="shapebias texture-synthesis", description=__doc__.split("\n\n")[0])
+    p.add_argument("--image", default="skimage:chelsea",
+                   help="an image file, a folder of images, or skimage:NAME (chelsea is the cat photo)")
+    p.add_argument("--image-size", default="256", help="side of the square working image, px")
+    p.add_argument("--steps", default="200", help="L-BFGS iterations per image and mask")
+    p.add_argument("--weights", default="pretrained", help="pretrained | random | /path/to/vgg19-dcbb9e9d.pth")
+    p.add_argument("--topk", default="0.05", help="fraction of positions kept per channel, (0, 1]")
+    p.add_argument("--method", default="texture", help="texture | inversion")
+    p.add_argument("--layers", default=",".join(synthesis.DEFAULT_LAYERS),
+                   help="VGG-19 layers, comma-separated (conv/relu<b>_<i>, pool<b>)")
+    p.add_argument("--seed", default="0", help="seed of the noise start (and of random weights)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    return p.parse_args(argv)
+
+
+def _unquote(value: str) -> str:
+    value = str(value).strip()
+    while len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1].strip()
+    return value
+
+
+def _int(name: str, value: str, minimum: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r} is not a number; expected an integer >= {minimum}") from None
+    if not number.is_integer() or number < minimum:
+        raise ConfigError(f"{name}={value!r} is not accepted; expected an integer >= {minimum}")
+    return int(number)
+
+
+def _safe(name: str) -> str:
+    """An image name usable in metric keys and file names."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "image"
+
+
+def _files(image: str) -> list[Path]:
+    if image.startswith("skimage:"):
+        return []
+    path = Path(image).expanduser()
+    return sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+
+
+def config_from_args(args: argparse.Namespace) -> dict:
+    """The run's configuration as plain data (also what is logged as params)."""
+    return {
+        "image": _unquote(args.image),
+        "image_size": _unquote(args.image_size),
+        "steps": _unquote(args.steps),
+        "weights": _unquote(args.weights) or "pretrained",
+        "topk": _unquote(args.topk),
+        "method": _unquote(args.method),
+        "layers": _unquote(args.layers),
+        "masks": ",".join(synthesis.MASKS),
+        "seed": _unquote(args.seed),
+        "device": _unquote(args.device),
+        "optimizer": "lbfgs-strong-wolfe",
+        "histogram_matching": True,
+    }
+
+
+def validate(cfg: dict) -> dict:
+    """Typed values, or ConfigError naming the bad value and what is accepted."""
+    check_choice("method", cfg["method"], synthesis.METHODS)
+    check_choice("device", cfg["device"], ("auto", "cpu", "cuda"))
+    layers = synthesis.check_layers(cfg["layers"])
+    size = _int("image_size", cfg["image_size"], 1)
+    need = synthesis.min_image_size(layers)
+    if size < need:
+        raise ConfigError(f"image_size={size} is too small for layers {','.join(layers)}: they need at least {need} px")
+    device = cfg["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is visible; use device=auto or cpu")
+    return {
+        "size": size,
+        "steps": _int("steps", cfg["steps"], 1),
+        "k": check_fraction("topk", cfg["topk"]),
+        "seed": _int("seed", cfg["seed"], 0),
+        "layers": layers,
+        "device": device,
+    }
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(path)
+
+
+def figure_grid(path: Path, original: np.ndarray, results: dict, scores: dict, title: str) -> None:
+    """original | all | Top-K | complement, each result titled with its structure scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 1 + len(results), figsize=(3 * (1 + len(results)), 3.6))
+    axes[0].imshow(original)
+    axes[0].set_title("original", fontsize=9)
+    for ax, (mask, res) in zip(axes[1:], results.items()):
+        ax.imshow(res.image)
+        s = scores[mask]
+        ax.set_title(f"{MASK_TITLES[mask]}\nSSIM {s['ssim']:.3f}  edge r {s['edge_corr']:.3f}", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def figure_losses(path: Path, curves: dict, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, losses in curves.items():
+        ax.plot(range(len(losses)), losses, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("L-BFGS iteration")
+    ax.set_ylabel("loss (sum over layers, relative)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@tracking.cli_main
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = config_from_args(args)
+    is_random = cfg["weights"] == "random"
+    name = f"texture_synthesis {cfg['method']} k={cfg['topk']} {cfg['image']}"
+    run_name = f"{RANDOM_PREFIX} {name}" if is_random else name
+    tags = {tracking.WEIGHTS_TAG: "random" if is_random else "pretrained", "shapebias.method": cfg["method"]}
+    started = time.time()
+    with tracking.tracked_run(TASK, cfg, run_name=run_name, tags=tags) as run:
+        mlflow.set_tag("mlflow.runName", run_name)  # also when resuming the run `mlflow run` made
+        v = validate(cfg)
+        images = synthesis.load_images(cfg["image"])
+        targets = [(_safe(n), synthesis.prepare_image(im, v["size"], v["layers"], name=n)) for n, im in images]
+        if len({n for n, _ in targets}) != len(targets):
+            targets = [(f"{i:03d}_{n}", im) for i, (n, im) in enumerate(targets)]
+        model = synthesis.build_vgg19(cfg["weights"], v["layers"], seed=v["seed"]).to(v["device"])
+        mlflow.set_tag("shapebias.data_fingerprint", tracking.fingerprint_files(_files(cfg["image"]), extra=cfg["image"]))
+        label = "RANDOM VGG-19 weights (baseline, not the paper's network)" if is_random else "ImageNet VGG-19"
+        several = len(targets) > 1
+        rows, loss_rows, means = [], [], {}
+        tmp = tempfile.TemporaryDirectory(prefix="texture_synthesis-")
+        out = Path(tmp.name)
+        (out / "grids").mkdir()
+        (out / "images").mkdir()
+        for img_name, target in targets:
+            suffix = f".{img_name}" if several else ""
+            noise = synthesis.match_histograms(synthesis.noise_image(v["size"], v["size"], v["seed"]), target)
+            scores = {"noise": synthesis.structure_metrics(target, noise)}
+            results, curves = {}, {}
+            for mask in synthesis.MASKS:
+                key = f"loss_{mask}{suffix}"
+
+                def on_step(step: int, loss: float, key: str = key) -> None:
+                    mlflow.log_metric(key, loss, step=step)
+
+                res = synthesis.synthesize(
+                    model, target, mask=mask, method=cfg["method"], k=v["k"], steps=v["steps"], seed=v["seed"],
+                    on_step=on_step, progress=True, desc=f"{img_name} {cfg['method']} {mask}",
+                )
+                results[mask], curves[mask] = res, res.losses
+                scores[mask] = synthesis.structure_metrics(target, res.image)
+                save_png(out / "images" / f"{img_name}_{mask}.png", res.image)
+                loss_rows += [(img_name, mask, i, loss) for i, loss in enumerate(res.losses)]
+            save_png(out / "images" / f"{img_name}_original.png", target)
+            figure_grid(out / "grids" / f"{img_name}.png", target, results, scores,
+                        f"{img_name}: {cfg['method']}, Top-K k={v['k']}, {v['steps']} L-BFGS steps, {label}")
+            for which, s in scores.items():
+                rows.append({"image": img_name, "mask": which, **s,
+                             "final_loss": curves[which][-1] if which in curves else "",
+                             "iterations": len(curves[which]) - 1 if which in curves else ""})
+                for metric, value in s.items():
+                    means.setdefault(f"{metric}_{which}", []).append(value)
+                    if several:
+                        mlflow.log_metric(f"{metric}_{which}{suffix}", value)
+            figure_losses(out / f"losses_{img_name}.png" if several else out / "losses.png", curves,
+                          f"{img_name}: {cfg['method']} loss, {label}")
+        summary = {key: float(np.mean(values)) for key, values in means.items()}
+        mlflow.log_metrics(summary)
+        with open(out / "structure_metrics.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["image", "mask", "ssim", "edge_corr", "final_loss", "iterations"])
+            writer.writeheader()
+            writer.writerows(rows)
+        with open(out / "losses.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["image", "mask", "iteration", "loss"])
+            writer.writerows(loss_rows)
+        mlflow.log_artifacts(str(out))
+        tmp.cleanup()
+
+    elapsed = time.time() - started
+    print(f"\nrun {run.info.run_id} ({run_name}): {len(targets)} image(s), {elapsed:.0f} s")
+    print(f"  {'mask':<11} {'ssim':>7} {'edge_corr':>10}")
+    for which in ("noise", *synthesis.MASKS):
+        print(f"  {which:<11} {summary[f'ssim_{which}']:>7.3f} {summary[f'edge_corr_{which}']:>10.3f}")
+    if is_random:
+        print("  (random VGG-19 weights: a baseline, not the paper's measurement)")
+    print(f"  view: {tracking.ui_command()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

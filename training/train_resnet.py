@@ -1,0 +1,473 @@
+"""Train ResNet-18 with Top-K sparsity as a Ray Train job tracked in MLflow.
+
+    mlflow run . -e train_resnet -P sparsity=topk [--env-manager local]
+    python -m training.train_resnet --sparsity topk --epochs 4
+
+The driver creates (or resumes) the MLflow run, checks the input, and starts a Ray Train
+``TorchTrainer`` named after the MLflow run id, so that starting the job again with the same run
+(``--run-id``) continues from the last per-epoch checkpoint. Rank 0 logs per-epoch
+``train_loss``, ``train_acc``, ``test_acc``, ``stylized_acc`` and (where the data set has a
+cue-conflict split) ``shape_bias``, one point per epoch; the final values are the last points.
+The driver logs the final model.
+
+Reusable pieces: :class:`Config`, :func:`build_model`, :func:`build_data`, :func:`train_epoch`,
+:func:`evaluate`, :func:`train_loop_per_worker`, :func:`run`.
+
+Test hooks (environment variables read by the driver, not logged as params):
+``SHAPEBIAS_EPOCH_SLEEP`` seconds to sleep after each epoch (fault-injection tests),
+``SHAPEBIAS_MAX_FAILURES`` worker failures Ray Train retries within one job (default 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from shapebias.errors import ConfigError, DataError, ShapebiasError, WeightsError, check_choice, check_fraction
+from shapebias.metrics.shape_bias import shape_bias_score
+from shapebias.models.resnet import SPARSITY, SPECS, parse_layers, resnet18, sgd
+
+TASK = "train_resnet"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+# ---------------------------------------------------------------------------------- configuration
+
+
+@dataclasses.dataclass
+class Config:
+    """The whole configuration of a run, as plain data (logged flat as MLflow params)."""
+
+    sparsity: str = "topk"
+    topk: float = 0.2
+    topk_layers: str = "layer2"
+    model_spec: str = "code"
+    stem_stride: int = 2
+    dataset: str = "synthetic"
+    data_dir: str = ""
+    stylized_dir: str = ""
+    class_list: str = ""
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 0.05
+    seed: int = 0
+    num_workers: int = 1
+    synthetic_classes: int = 10
+    synthetic_train_per_class: int = 100
+    synthetic_test_per_class: int = 20
+    image_size: int = 32
+    storage_path: str = ""
+
+    def validate(self) -> Config:
+        """Raise ConfigError naming the first bad value and what is accepted."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", "float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"{f.name}={value!r} is not a number")
+        check_choice("sparsity", self.sparsity, SPARSITY)
+        check_choice("model_spec", self.model_spec, tuple(SPECS))
+        check_choice("stem_stride", self.stem_stride, (1, 2))
+        self.topk = check_fraction("topk", self.topk)
+        parse_layers(self.topk_layers)
+        if not (self.dataset == "synthetic" or re.fullmatch(r"IN-S\d+", self.dataset)):
+            raise ConfigError(f"dataset={self.dataset!r} is not accepted; choose one of: synthetic, IN-S1, IN-S2, ... (IN-S2+ with --class-list)")
+        for name in ("epochs", "batch_size", "num_workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not accepted; expected a positive integer")
+        if not self.lr > 0:
+            raise ConfigError(f"lr={self.lr!r} is not accepted; expected a positive learning rate")
+        if self.dataset == "synthetic":
+            from shapebias.data.synthetic import check_size
+
+            check_size(self.synthetic_classes, self.synthetic_train_per_class, self.image_size)
+            check_size(self.synthetic_classes, self.synthetic_test_per_class, self.image_size)
+        return self
+
+    @property
+    def input_size(self) -> int:
+        return self.image_size if self.dataset == "synthetic" else 224
+
+    def run_name(self) -> str:
+        sparsity = "dense" if self.sparsity == "none" else f"{self.sparsity}{self.topk:g}"
+        return f"resnet18-{self.model_spec}-{sparsity}-{self.dataset}-s{self.seed}"
+
+
+# ------------------------------------------------------------------------------------ model, data
+
+
+def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    return resnet18(
+        num_classes=num_classes,
+        spec=cfg.model_spec,
+        stem_stride=cfg.stem_stride,
+        image_size=cfg.input_size,
+        sparsity=cfg.sparsity,
+        topk=cfg.topk,
+        topk_layers=cfg.topk_layers,
+    )
+
+
+def build_data(cfg: Config) -> dict[str, Dataset]:
+    """``train``, ``original`` (clean test), ``stylized`` and, for synthetic data, ``cue_conflict``.
+
+    Every split has ``num_classes``; the cue-conflict split also has ``shape`` and ``texture``.
+    """
+    if cfg.dataset == "synthetic":
+        from shapebias.data.synthetic import make_benchmark
+
+        return make_benchmark(
+            cfg.synthetic_classes, cfg.synthetic_train_per_class, cfg.synthetic_test_per_class, cfg.image_size, cfg.seed
+        )
+    from shapebias.data.imagenet import imagenet_subset
+
+    return imagenet_subset(cfg.data_dir, cfg.dataset, cfg.class_list or None, cfg.stylized_dir or None)
+
+
+def data_fingerprint(cfg: Config, data: dict[str, Dataset]) -> str:
+    from shapebias.tracking import fingerprint_files
+
+    if cfg.dataset == "synthetic":
+        from shapebias.data.synthetic import fingerprint
+
+        return fingerprint(data)
+    files = [f for split in data.values() for f in split.files]
+    return fingerprint_files(files, extra=cfg.dataset)
+
+
+def _loader_workers(cfg: Config) -> int:
+    return 0 if cfg.dataset == "synthetic" else min(8, max(1, (os.cpu_count() or 2) // cfg.num_workers - 1))
+
+
+# --------------------------------------------------------------------------------- train, evaluate
+
+
+def cosine_lr(base: float, epoch: int, epochs: int) -> float:
+    """The learning rate of an epoch: cosine from ``base`` towards 0 over ``epochs``."""
+    return base * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def train_epoch(
+    model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, device: torch.device, progress: bool = True, desc: str = "train"
+) -> tuple[float, float]:
+    """One pass over ``loader``; returns (mean loss, accuracy) over the samples seen here."""
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False, mininterval=2.0, file=sys.stderr):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+    return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Dataset, device: torch.device, batch_size: int = 256, workers: int = 0) -> torch.Tensor:
+    model.eval()
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers)
+    return torch.cat([model(x.to(device)).argmax(1).cpu() for x, _ in loader])
+
+
+def evaluate(model: nn.Module, data: dict[str, Dataset], device: torch.device, workers: int = 0) -> dict[str, float]:
+    """``test_acc`` on ``original``, ``stylized_acc`` and ``shape_bias`` where those splits exist."""
+    out = {}
+    for split, key in (("original", "test_acc"), ("stylized", "stylized_acc")):
+        if split in data:
+            pred = predict(model, data[split], device, workers=workers)
+            labels = torch.as_tensor([y for _, y in data[split].samples]) if hasattr(data[split], "samples") else data[split].labels
+            out[key] = (pred == labels).float().mean().item()
+    if "cue_conflict" in data:
+        cc = data["cue_conflict"]
+        pred = predict(model, cc, device, workers=workers)
+        out["shape_bias"] = shape_bias_score(pred.tolist(), cc.shape.tolist(), cc.texture.tolist())
+        out["cue_conflict_shape_acc"] = (pred == cc.shape).float().mean().item()
+        out["cue_conflict_texture_acc"] = (pred == cc.texture).float().mean().item()
+    return out
+
+
+# ------------------------------------------------------------------------------------ Ray worker
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The Ray Train loop: resume from the last checkpoint, one report (with checkpoint) per epoch."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    from shapebias.tracking import MetricLogger
+
+    cfg = Config(**config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    logger = MetricLogger(config["run_ref"]) if rank == 0 and config.get("run_ref") else None
+    torch.manual_seed(cfg.seed)
+    device = ray.train.torch.get_device()
+
+    data = build_data(cfg)
+    num_classes = data["train"].num_classes
+    model = build_model(cfg, num_classes)
+    optimizer = sgd(model, cfg.model_spec, cfg.lr)
+    start = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["epoch"]
+        if rank == 0:
+            print(f"resuming from the checkpoint of epoch {start}", file=sys.stderr)
+            if logger:
+                logger.client.set_tag(logger.ref.run_id, "shapebias.resumed_from_epoch", str(start))
+    model = ray.train.torch.prepare_model(model)  # to the device; DDP when world > 1
+    for group in optimizer.state.values():  # optimizer state follows the parameters' device
+        for k, v in group.items():
+            if torch.is_tensor(v):
+                group[k] = v.to(device)
+
+    workers = _loader_workers(cfg)
+    sampler = torch.utils.data.DistributedSampler(data["train"], world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
+
+    def save_and_report(metrics: dict[str, float], epoch_done: int) -> None:
+        if rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(
+                {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch_done, "config": config["cfg"], "num_classes": num_classes},
+                Path(d) / CHECKPOINT_FILE,
+            )
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+
+    if start >= cfg.epochs:  # nothing left to train: hand the last state back as the result
+        save_and_report({"epoch": start}, start)
+        return
+    for epoch in range(start, cfg.epochs):
+        for g in optimizer.param_groups:
+            g["lr"] = cosine_lr(cfg.lr, epoch, cfg.epochs)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            loader = DataLoader(data["train"], batch_size=cfg.batch_size, sampler=sampler, num_workers=workers, drop_last=False)
+        else:
+            gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+            loader = DataLoader(data["train"], batch_size=cfg.batch_size, shuffle=True, generator=gen, num_workers=workers)
+        t0 = time.time()
+        loss, acc = train_epoch(model, loader, optimizer, device, progress=rank == 0, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        if world > 1:
+            stats = torch.tensor([loss, acc], device=device)
+            torch.distributed.all_reduce(stats)
+            loss, acc = (stats / world).tolist()
+        metrics = {"train_loss": loss, "train_acc": acc, "lr": cosine_lr(cfg.lr, epoch, cfg.epochs), "epoch_time_s": time.time() - t0}
+        if rank == 0:
+            metrics.update(evaluate(_unwrap(model), {k: v for k, v in data.items() if k != "train"}, device, workers))
+            print(f"epoch {epoch + 1}/{cfg.epochs}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()), file=sys.stderr)
+            if logger:
+                logger.log(metrics, step=epoch)
+        if config.get("epoch_sleep"):
+            time.sleep(float(config["epoch_sleep"]))
+        save_and_report(metrics, epoch + 1)
+
+
+# ---------------------------------------------------------------------------------------- driver
+
+
+def _user_error(exc: BaseException) -> ShapebiasError | None:
+    """The user-input error behind a Ray Train failure, if there is one (as a one-line error)."""
+    seen, todo = set(), [exc]
+    kinds = {cls.__name__: cls for cls in (ConfigError, DataError, WeightsError, ShapebiasError)}
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ShapebiasError):
+            lines = str(e).strip().splitlines()
+            return type(e)(lines[-1] if len(lines) > 1 else str(e))
+        text = str(e)
+        m = re.findall(r"(?:shapebias\.errors\.)?(ConfigError|DataError|WeightsError|ShapebiasError): (.+)", text)
+        if m:
+            name, msg = m[-1]
+            return kinds[name](msg.strip())
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+        todo += list(getattr(e, "worker_failures", {}).values())
+        if getattr(e, "controller_failure", None) is not None:
+            todo.append(e.controller_failure)
+    return None
+
+
+def _init_ray(env_vars: dict[str, str]) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()  # a cluster (Ray Jobs API, the local stack, KubeRay): runtime env per worker below
+    else:
+        ray.init(runtime_env={"env_vars": env_vars}, include_dashboard=False, log_to_driver=True)
+
+
+def _sample_grid(data: dict[str, Dataset], per_split: int = 10):
+    """A picture of the synthetic splits (one row per test split) for the run's artifacts."""
+    import numpy as np
+
+    rows = []
+    for name in ("train", "original", "stylized", "cue_conflict"):
+        split = data.get(name)
+        if split is None or not hasattr(split, "images"):
+            return None
+        imgs = split.images[:per_split].numpy().transpose(0, 2, 3, 1)
+        rows.append(np.concatenate(list(imgs), axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None) -> str:
+    """Run (or resume) one training job; returns the MLflow run id."""
+    import mlflow
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from shapebias import tracking
+
+    params = dataclasses.asdict(cfg)
+    new_run = run_id is None and not os.environ.get("MLFLOW_RUN_ID")
+    with tracking.tracked_run(TASK, params, run_id=run_id, run_name=cfg.run_name() if new_run else None) as active:
+        run_id = active.info.run_id
+        cfg.validate()
+        data = build_data(cfg)  # the driver checks the data before any worker starts
+        for split in data.values():
+            if hasattr(split, "check_headers"):
+                split.check_headers()
+        mlflow.set_tags({"shapebias.data_fingerprint": data_fingerprint(cfg, data), "shapebias.num_classes": str(data["train"].num_classes)})
+        grid = _sample_grid(data)
+        if grid is not None and not mlflow.get_run(run_id).data.tags.get("shapebias.samples_logged"):
+            mlflow.log_image(grid, "samples/splits.png")
+            mlflow.set_tag("shapebias.samples_logged", "1")
+        del data
+
+        env_vars = tracking.worker_env()
+        _init_ray(env_vars)
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
+        mlflow.set_tag("shapebias.device", f"{'cuda' if use_gpu else 'cpu'} x{cfg.num_workers} ray workers")
+        storage = Path(cfg.storage_path or Path.cwd() / ".ray_results").resolve()
+        sleep = epoch_sleep if epoch_sleep is not None else float(os.environ.get("SHAPEBIAS_EPOCH_SLEEP", "0") or 0)
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"cfg": dataclasses.asdict(cfg), "run_ref": tracking.current_ref(), "epoch_sleep": sleep},
+            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu),
+            run_config=RunConfig(
+                name=run_id,
+                storage_path=str(storage),
+                failure_config=FailureConfig(max_failures=int(os.environ.get("SHAPEBIAS_MAX_FAILURES", "0") or 0)),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                worker_runtime_env={"env_vars": env_vars},
+            ),
+        )
+        try:
+            result = trainer.fit()
+        except Exception as exc:
+            user = _user_error(exc)
+            if user is not None:
+                raise user from None
+            raise
+        if result.checkpoint is None:
+            raise RuntimeError(f"Ray Train returned no checkpoint for run {run_id}")
+        with result.checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        model = build_model(cfg, state["num_classes"])
+        model.load_state_dict(state["model"])
+        model.eval()
+        mlflow.pytorch.log_model(
+            model,
+            name="model",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+        )
+        metrics = mlflow.get_run(run_id).data.metrics
+    print(f"\nrun {run_id} finished ({cfg.run_name()})")
+    for key in ("test_acc", "stylized_acc", "shape_bias", "train_acc"):
+        if key in metrics:
+            print(f"  {key:<13} {metrics[key]:.4f}")
+    print(f"  checkpoints   {storage / run_id}")
+    print(f"  open the UI:  {tracking.ui_command()}")
+    return run_id
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def _number(kind: type):
+    """argparse type: MLflow passes numbers as "6" or "6.0"; a non-number is kept for validate()."""
+
+    def convert(text: str):
+        try:
+            return kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
+        except ValueError:
+            return text
+
+    return convert
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train_resnet", description=__doc__.split("\n\n")[0])
+    d = Config()
+    p.add_argument("--sparsity", default=d.sparsity, help="none | topk | topk_mean")
+    p.add_argument("--topk", type=_number(float), default=d.topk, help="fraction of positions kept, (0, 1]")
+    p.add_argument("--topk-layers", default=d.topk_layers, help="comma-separated stages: layer1..layer4")
+    p.add_argument("--model-spec", default=d.model_spec, help="code | paper")
+    p.add_argument("--stem-stride", type=_number(int), default=d.stem_stride, help="1 (authors) or 2 (seed)")
+    p.add_argument("--dataset", default=d.dataset, help="synthetic | IN-S1 | IN-S<n> (with --class-list)")
+    p.add_argument("--data-dir", default=d.data_dir, help="ImageNet root with train/ and val/")
+    p.add_argument("--stylized-dir", default=d.stylized_dir, help="stylized test folder (one sub-folder per WNID)")
+    p.add_argument("--class-list", default=d.class_list, help="WNID list file for IN-S2, IN-S3, ...")
+    p.add_argument("--epochs", type=_number(int), default=d.epochs)
+    p.add_argument("--batch-size", type=_number(int), default=d.batch_size)
+    p.add_argument("--lr", type=_number(float), default=d.lr)
+    p.add_argument("--seed", type=_number(int), default=d.seed)
+    p.add_argument("--num-workers", type=_number(int), default=d.num_workers, help="Ray Train workers")
+    p.add_argument("--synthetic-classes", type=_number(int), default=d.synthetic_classes)
+    p.add_argument("--synthetic-train-per-class", type=_number(int), default=d.synthetic_train_per_class)
+    p.add_argument("--synthetic-test-per-class", type=_number(int), default=d.synthetic_test_per_class)
+    p.add_argument("--image-size", type=_number(int), default=d.image_size, help="synthetic images' size")
+    p.add_argument("--storage-path", default=d.storage_path, help="Ray Train checkpoints (default ./.ray_results)")
+    p.add_argument("--run-id", default=None, help="resume this MLflow run (default: the active run, or a new one)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    values = vars(args)
+    return Config(**{f.name: values[f.name] for f in dataclasses.fields(Config)})
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    run(config_from_args(args), run_id=args.run_id or None)
+    return 0
+
+
+from shapebias.tracking import cli_main  # noqa: E402  (after the definitions: keeps the module readable)
+
+main = cli_main(_main)
+
+if __name__ == "__main__":
+    sys.exit(main())
