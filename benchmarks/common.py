@@ -56,6 +56,18 @@ def _status_kb(key: str, pid: int | str = "self") -> int | None:
     return None
 
 
+def _trim() -> None:
+    """Give freed heap memory back to the OS (glibc), so that a peak is not hidden by reuse."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reset_hwm() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -69,8 +81,8 @@ def peak_memory_mb(fn: Callable[[], Any], device: str = "cpu") -> float | None:
     """Peak memory of one call above what was in use before it, in MiB.
 
     CUDA: ``torch.cuda.max_memory_allocated``. CPU: the process's peak resident set (VmHWM, reset
-    through /proc/self/clear_refs) above its resident set before the call; None where Linux's
-    /proc does not allow it.
+    through /proc/self/clear_refs) above its resident set before the call, after handing freed
+    heap memory back with glibc's ``malloc_trim``; None where Linux's /proc does not allow it.
     """
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -79,6 +91,7 @@ def peak_memory_mb(fn: Callable[[], Any], device: str = "cpu") -> float | None:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
+    _trim()
     if not _reset_hwm():
         return None
     before = _status_kb("VmRSS")

@@ -16,8 +16,9 @@ and the job gets the same flags, because the command line is built from MLprojec
 In the cluster the RayJob's entry point is ``python -m shapebias.cluster driver EXPERIMENT
 --job-name NAME -P ...`` (see :func:`driver_main`): it finds or creates the MLflow run of this
 RayJob (tag ``shapebias.rayjob``), so that a retried RayJob (``backoffLimit``) resumes the same
-run, and points Ray Train storage at ``$SHAPEBIAS_RAY_STORAGE/<run id>`` (``s3://<bucket>/ray``)
-so that the retry resumes from the last checkpoint.
+run, and passes ``--storage-path $SHAPEBIAS_RAY_STORAGE`` (``s3://<bucket>/ray``); the jobs use
+the MLflow run id as the Ray Train run name (``RunConfig(name=run_id, storage_path=...)``), so
+checkpoints live in ``s3://<bucket>/ray/<run id>`` and the retry resumes from the last one.
 """
 
 from __future__ import annotations
@@ -206,9 +207,10 @@ def kube_client(context: str | None):
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
-    where = os.environ.get("KUBECONFIG", "~/.kube/config")
+    # read $KUBECONFIG now: the client reads it once, at import
+    where = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     try:
-        contexts, active = config.list_kube_config_contexts()
+        contexts, active = config.list_kube_config_contexts(config_file=where)
         if context is not None:
             chosen = next((c for c in contexts if c["name"] == context), None)
             if chosen is None:
@@ -218,7 +220,7 @@ def kube_client(context: str | None):
             chosen = active
         if not chosen:
             raise ConfigError(f"no current kube context in {where}: run `kubectl config use-context NAME` or pass --context")
-        api = config.new_client_from_config(context=chosen["name"])
+        api = config.new_client_from_config(config_file=where, context=chosen["name"])
     except (ConfigException, OSError) as exc:
         raise ConfigError(
             f"no Kubernetes context ({where}: {exc}); set KUBECONFIG or run `kubectl config use-context NAME`"
@@ -461,7 +463,8 @@ def driver_main(argv: list[str] | None) -> int:
     if "--storage-path" in argv_job and storage_root:
         at = argv_job.index("--storage-path") + 1
         if not argv_job[at]:  # an explicit -P storage_path=... wins
-            argv_job[at] = f"{storage_root}/{run_id}"
+            # the jobs name the Ray Train run after the MLflow run: checkpoints land in <root>/<run id>
+            argv_job[at] = storage_root
     command = [sys.executable, "-m", f"training.{args.experiment}", *argv_job]
     print(f"shapebias driver: RayJob {args.job_name} -> MLflow run {run_id}", flush=True)
     print("shapebias driver:", shlex.join(command), flush=True)

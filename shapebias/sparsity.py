@@ -37,8 +37,9 @@ Implementations
 * ``reference``: :func:`topk_reference`, the definition.
 
 ``SHAPEBIAS_TOPK_BACKEND`` (``auto``, ``cpu``, ``torch``, ``reference``) overrides the choice;
-``auto`` uses the C++ kernel where it applies and builds, else ``torch``. ``topk_mean`` uses the
-fast mask with the definition's arithmetic, so its values are bitwise those of the definition.
+``auto`` uses the C kernel where it applies and builds, else ``torch``. ``topk_mean`` repeats the
+definition's arithmetic in the definition's order (a sum over (H, W), a division by the count),
+so its values and gradients are bitwise those of the definition too.
 """
 
 from __future__ import annotations
@@ -382,6 +383,34 @@ class _MaskedPass(torch.autograd.Function):
         return grad_out * passed, None, None, None
 
 
+class _MeanPass(torch.autograd.Function):
+    """``topk_mean`` with the definition's arithmetic, in the same order (so bitwise equal), saving
+    only the boolean mask: forward ``sum(kept) / keep * mask``, backward ``sum(grad * mask) / keep * mask``."""
+
+    @staticmethod
+    def forward(ctx, x, k: float, backend: str):
+        n, c, h, w = x.shape
+        keep = kept_count(k, h * w)
+        if backend == "cpu" and x.is_contiguous():
+            kept, mask = _cpu_topk(x, keep, False, want_out=True)  # same layout as x * mask: same sum
+        elif backend == "cpu":
+            mask = _cpu_topk(x, keep, False, want_out=False)[1].contiguous()  # the definition's layout
+            kept = x * mask
+        else:
+            mask = _threshold_mask(x, keep) if keep < h * w else torch.ones_like(x, dtype=torch.bool)
+            kept = x * mask
+        count = torch.tensor(float(keep), dtype=x.dtype, device=x.device)
+        mean = kept.sum(dim=(2, 3), keepdim=True) / count
+        ctx.save_for_backward(mask, count)
+        return mean * mask
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        mask, count = ctx.saved_tensors
+        grad_mean = (grad_out * mask).sum(dim=(2, 3), keepdim=True) / count
+        return grad_mean * mask, None, None
+
+
 def topk(x: torch.Tensor, k: float, mode: str = "topk", backend: str | None = None) -> torch.Tensor:
     """Top-K sparsity, exactly equal to :func:`topk_reference` (values, kept positions, gradients).
 
@@ -398,7 +427,7 @@ def topk(x: torch.Tensor, k: float, mode: str = "topk", backend: str | None = No
     if chosen == "reference":
         return topk_reference(x, k, mode)
     if mode == "topk_mean":
-        return _apply_mask(x, fast_mask(x, k, chosen), mode)
+        return _MeanPass.apply(x, k, chosen)
     out, _ = _MaskedPass.apply(x, k, mode == "complement", chosen)
     return out
 

@@ -26,7 +26,7 @@ the rest keeps texture" is a number, not only a picture.
 Deviations from Gatys et al., on purpose: each layer's loss is divided by the squared norm of the
 target's statistic (layers weigh equally whatever the weights' scale, which also lets random
 filters work); instead of a bounded L-BFGS-B, pixels outside [0, 1] pay a squared penalty and the
-result is clamped at the end; L-BFGS uses a strong-Wolfe line search.
+result is clamped at the end.
 
 This module imports neither MLflow nor Ray.
 """
@@ -317,6 +317,7 @@ def synthesize(
     seed: int = 0,
     histogram_matching: bool = True,
     max_evals: int | None = None,
+    line_search: str | None = None,
     on_step: Callable[[int, float], None] | None = None,
     progress: bool = False,
     desc: str | None = None,
@@ -328,9 +329,11 @@ def synthesize(
         target: (H, W, 3) float image in [0, 1]; H and W at least :func:`min_image_size`.
         mask: ``all``, ``topk`` or ``complement`` (applied to target and synthesis alike).
         k: Top-K fraction in (0, 1].
-        steps: L-BFGS iterations (each evaluates the loss once or, in its line search, a few times);
-            fewer are run if the loss stops changing or ``max_evals`` (default ``4 * steps``)
-            evaluations are spent.
+        steps: L-BFGS iterations; without a line search (the default, as in most Gatys-style
+            implementations) each evaluates the loss and its gradient once. Fewer are run if the
+            loss stops changing or ``max_evals`` evaluations are spent.
+        line_search: None, or ``"strong_wolfe"`` (safer steps, a few evaluations per iteration;
+            ``max_evals`` then defaults to ``4 * steps``).
         seed: the white-noise start.
         on_step: called with ``(step, loss)`` for step 0 (the start) and after every iteration.
     """
@@ -355,8 +358,8 @@ def synthesize(
     start = noise_image(h, w, seed)
     x = to_tensor(start, device).requires_grad_(True)
     opt = torch.optim.LBFGS(
-        [x], lr=1.0, max_iter=steps, max_eval=max_evals or 4 * steps, history_size=50,
-        line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=1e-12,
+        [x], lr=1.0, max_iter=steps, max_eval=max_evals or (steps + 1 if line_search is None else 4 * steps), history_size=50,
+        line_search_fn=line_search, tolerance_grad=0.0, tolerance_change=1e-12,
     )
     state = opt.state[x]
     # Loss after each iteration: the lowest its line search evaluated (the point it accepts).

@@ -249,3 +249,20 @@ def test_missing_required_values_fail_with_a_message(sets, message):
     proc = devtools.run_helm(args, check=False)
     assert proc.returncode != 0
     assert message in proc.stderr
+
+
+def test_images_match_the_project():
+    """The chart's image tags follow the chart's appVersion; the Dockerfile's pins follow requirements.txt."""
+    chart = yaml.safe_load((devtools.CHART_DIR / "Chart.yaml").read_text())
+    values = yaml.safe_load((devtools.CHART_DIR / "values.yaml").read_text())
+    assert values["image"]["tag"] == chart["appVersion"]
+    assert values["image"]["serverTag"] == f"{chart['appVersion']}-server"
+    dockerfile = (devtools.REPO_ROOT / "platform" / "Dockerfile").read_text()
+    pins = dict(
+        line.split("==") for line in (devtools.REPO_ROOT / "requirements.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    for pkg, text in (("mlflow", "mlflow[auth]=="), ("psycopg2-binary", "psycopg2-binary=="), ("boto3", "boto3==")):
+        assert f"{text}{pins[pkg].strip()}" in dockerfile, pkg
+    assert re.search(r"^ARG PYTHON_IMAGE=\S+:\d+\.\d+\.\d+-slim-\w+", dockerfile, re.M)
+    assert "AS training" in dockerfile and "AS server" in dockerfile and "USER 1000:1000" in dockerfile

@@ -353,6 +353,8 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
     params = dataclasses.asdict(cfg)
     new_run = run_id is None and not os.environ.get("MLFLOW_RUN_ID")
     with tracking.tracked_run(TASK, params, run_id=run_id, run_name=cfg.run_name() if new_run else None) as active:
+        if run_id is None:  # also name the run that `mlflow run` created (a resumed run keeps its name)
+            mlflow.set_tag("mlflow.runName", cfg.run_name())
         run_id = active.info.run_id
         cfg.validate()
         data = build_data(cfg)  # the driver checks the data before any worker starts

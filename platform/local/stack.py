@@ -219,11 +219,15 @@ def postgres_bindir(install: bool = True) -> Path:
 class Stack:
     """One local stack, rooted at a folder. All methods are safe to call repeatedly."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, *, quiet: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None, *, quiet: bool = False,
+                 auto_ports: bool | None = None) -> None:
         root = root or os.environ.get("SHAPEBIAS_STACK_DIR") or REPO_ROOT / ".stack"
         self.root = Path(root).resolve()
         self.logs = self.root / "logs"
         self.quiet = quiet
+        if auto_ports is None:
+            auto_ports = os.environ.get("SHAPEBIAS_STACK_PORTS", "").lower() == "auto"
+        self.auto_ports = auto_ports  # free ephemeral ports instead of the defaults (tests)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- configuration -------------------------------------------------------------------
@@ -250,10 +254,9 @@ class Stack:
         self.root.chmod(0o755)  # the postgres account must be able to reach pg/
         self.logs.mkdir(exist_ok=True)
         if not self.config_file.exists():
-            auto = os.environ.get("SHAPEBIAS_STACK_PORTS", "").lower() == "auto"
             ports: dict[str, int] = {}
             for name, default in DEFAULT_PORTS.items():
-                port = default if not auto and _port_free(default) else _free_port()
+                port = default if not self.auto_ports and _port_free(default) else _free_port()
                 while port in ports.values():
                     port = _free_port()
                 ports[name] = port
@@ -313,6 +316,9 @@ class Stack:
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ENDPOINT_URL": self.s3_endpoint,  # boto3 and pyarrow (Ray Train storage) read it
             "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
+            # Ride out a restart of the tracking server: up to 10 retries with exponential
+            # backoff (2, 4, 8, ... s, at most 120 s each) before a call gives up.
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "10",
         }
 
     def admin_auth(self) -> tuple[str, str]:

@@ -32,13 +32,14 @@ from __future__ import annotations
 import copy
 import math
 import random
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from shapebias.errors import ConfigError, check_choice
+from shapebias.errors import ConfigError, WeightsError, check_choice
 from shapebias.sparsity import TopK
 
 SUPPORTED_SIZES = (64, 128, 256, 512, 1024)
@@ -445,3 +446,35 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float = 0.999) -> None:
 def build(im_size: int, width: int = 64, **generator_kwargs) -> tuple[Generator, Discriminator]:
     """A generator and a discriminator for ``im_size`` (paper defaults: width 64, nz 256)."""
     return Generator(im_size, width, **generator_kwargs), Discriminator(im_size, width)
+
+
+# --------------------------------------------------------------------------- reconstruction
+
+RECON_LOSSES = ("lpips", "l1")
+VGG16_FILE = "vgg16-397923af.pth"  # torchvision's ImageNet VGG-16, which LPIPS builds on
+
+
+def check_recon_loss(name: str) -> None:
+    """ConfigError for an unknown loss; WeightsError if LPIPS's VGG-16 weights are absent."""
+    check_choice("recon_loss", name, RECON_LOSSES)
+    if name == "lpips":
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
+        if not (hub / VGG16_FILE).is_file():
+            raise WeightsError(
+                f"recon_loss=lpips needs torchvision's ImageNet VGG-16 weights {VGG16_FILE}, which are not in {hub}; "
+                f"put the file there (https://download.pytorch.org/models/{VGG16_FILE}), or choose the named "
+                f"substitute recon_loss=l1 (logged with the run)"
+            )
+
+
+def reconstruction_loss(name: str, device: torch.device | str = "cpu"):
+    """``loss(x, y) -> scalar`` for images in [-1, 1]: LPIPS (VGG) as in the paper, or L1."""
+    check_recon_loss(name)
+    if name == "l1":
+        return lambda x, y: F.l1_loss(x, y)
+    import lpips
+
+    net = lpips.LPIPS(net="vgg", verbose=False).to(device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return lambda x, y: net(x, y).mean()

@@ -1,0 +1,147 @@
+"""`reproduce`: the grid of a table, what is missing in a store, and launching only that."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from shapebias.tables import Run
+from test_compare import log_runs  # tests/ is on sys.path (no __init__.py)
+from training import reproduce
+
+
+def resnet_run(spec, sparsity, ds, seed, status="FINISHED", metrics=None, tags=None) -> Run:
+    return Run(f"{spec}-{sparsity}-{ds}-{seed}",
+               {"model_spec": spec, "sparsity": sparsity, "stem_stride": "2.0", "dataset": ds, "seed": f"{seed}.0",
+                "topk": "0.2", "epochs": "30"},
+               {"test_acc": 0.8, "stylized_acc": 0.6} if metrics is None else metrics,
+               {"shapebias.task": "train_resnet", **(tags or {})}, status=status)
+
+
+def test_grids_are_the_seed_reports():
+    assert len(reproduce.grid("table1")) == 2 * 3 * 4 * 3
+    assert len(reproduce.grid("table2")) == 4 * 3 + 2 * 4
+    assert len(reproduce.grid("shape_bias")) == (1 + 6 + 6) + (1 + 6)
+    assert len(reproduce.grid("table1", seeds=["0"], datasets=["synthetic"])) == 6
+
+
+def test_dry_run_lists_exactly_the_missing_cells(mlflow_store, capsys):
+    have = [resnet_run(spec, sp, ds, seed) for spec in ("code", "paper") for sp in ("none", "topk", "topk_mean")
+            for ds in ("IN-S1",) for seed in (0, 1, 2)]
+    have = [r for r in have if r.run_id != "paper-topk_mean-IN-S1-2"]
+    bad = [resnet_run("code", "none", "IN-S4", 0, status="FAILED"),                  # unfinished: resume
+           resnet_run("code", "topk", "IN-S4", 0, metrics={"test_acc": 0.8}),        # no stylized_acc
+           resnet_run("paper", "none", "IN-S4", 0, tags={"shapebias.weights": "random"}),
+           Run("other", {"dataset": "jeep"}, {"fid": 50.0}, {"shapebias.task": "train_fastgan"})]
+    log_runs(mlflow_store, "grid", have + bad)
+    assert reproduce.main(["table1", "--dry-run", "--experiment", "grid"]) == 0
+    out = capsys.readouterr().out
+    listed = set(re.findall(r"^  (?:missing|unfinished) +(.+?)(?: \(run \w+ did not finish: resume\))?$", out, re.M))
+    expected = {f"model_spec={spec} sparsity={sp} stem_stride=2 dataset={ds} seed={seed}"
+                for spec in ("code", "paper") for sp in ("none", "topk", "topk_mean")
+                for ds in ("IN-S2", "IN-S3", "IN-S4") for seed in (0, 1, 2)}
+    expected.add("model_spec=paper sparsity=topk_mean stem_stride=2 dataset=IN-S1 seed=2")
+    assert listed == expected
+    assert "72 cells x seeds" in out and f"{72 - len(expected)} done" in out and "1 unfinished" in out
+    assert out.count("would launch: python -m training.train_resnet") == len(expected)
+    assert re.search(r"--model-spec code --sparsity none --stem-stride 2 --dataset IN-S4 --seed 0 +\[MLFLOW_RUN_ID=\w+\]",
+                     out)
+
+
+def test_local_launch_is_idempotent_after_an_interruption(mlflow_store, monkeypatch, capsys):
+    """First pass: one job is interrupted; second: only it is relaunched (resuming its run); third: nothing."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_store)
+    calls = []
+    interrupt = {"--sparsity topk_mean"}
+
+    def fake_call(cmd, cwd, env):
+        assert "MLFLOW_RUN_ID" not in env or env["MLFLOW_RUN_ID"]
+        args = cmd[3:]
+        calls.append((" ".join(args), env.get("MLFLOW_RUN_ID", "")))
+        params = {args[i][2:].replace("-", "_"): args[i + 1] for i in range(0, len(args), 2)}
+        if env.get("MLFLOW_RUN_ID"):
+            run_id = env["MLFLOW_RUN_ID"]
+        else:
+            run_id = client.create_run(env["MLFLOW_EXPERIMENT_ID"], tags={"shapebias.task": "train_resnet"}).info.run_id
+            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        if any(flag in " ".join(args) for flag in interrupt):
+            client.set_terminated(run_id, "FAILED")
+            return 130
+        client.log_batch(run_id, metrics=[Metric("test_acc", 0.8, 0, 0), Metric("stylized_acc", 0.6, 0, 0)])
+        client.set_terminated(run_id, "FINISHED")
+        return 0
+
+    monkeypatch.setattr(reproduce.subprocess, "call", fake_call)
+    argv = ["table1", "--experiment", "live", "--seeds", "0", "--datasets", "synthetic", "--job-args=--epochs 1"]
+    assert reproduce.main(argv) == 1
+    assert len(calls) == 6 and all(c[0].endswith("--epochs 1") for c in calls)
+    failed = [c for c in calls if "topk_mean" in c[0]]
+    assert len(failed) == 2
+    calls.clear()
+    interrupt.clear()
+    assert reproduce.main(argv) == 0
+    assert len(calls) == 2 and all("topk_mean" in c[0] and c[1] for c in calls)  # resumed the same runs
+    calls.clear()
+    assert reproduce.main(argv) == 0
+    assert calls == [] and "nothing to launch" in capsys.readouterr().out
+    exp = client.get_experiment_by_name("live").experiment_id
+    assert len(client.search_runs([exp])) == 6  # resuming made no new runs
+
+
+def test_ray_launch_skips_jobs_still_running(mlflow_store, monkeypatch, capsys):
+    import ray.job_submission as js
+
+    submitted = []
+
+    class FakeJob:
+        def __init__(self, metadata, status):
+            self.metadata, self.status = metadata, status
+
+    class FakeClient:
+        live: list = []
+
+        def __init__(self, address):
+            assert address == "http://head:8265"
+
+        def list_jobs(self):
+            return FakeClient.live
+
+        def submit_job(self, entrypoint, metadata, runtime_env):
+            submitted.append((entrypoint, metadata, runtime_env))
+            FakeClient.live.append(FakeJob(metadata, js.JobStatus.RUNNING))
+            return f"raysubmit_{len(submitted)}"
+
+    monkeypatch.setattr(js, "JobSubmissionClient", FakeClient)
+    argv = ["shape_bias", "--where", "http://head:8265", "--experiment", "sb", "--levels", "0.1,0.2"]
+    assert reproduce.main(argv) == 0
+    entry = sorted(s[0] for s in submitted)
+    assert entry == ["python -m training.shape_bias --model alexnet --sparsity complement --topk 0.1,0.2 --weights pretrained",
+                     "python -m training.shape_bias --model alexnet --sparsity none --topk 1.0 --weights pretrained",
+                     "python -m training.shape_bias --model alexnet --sparsity topk --topk 0.1,0.2 --weights pretrained",
+                     "python -m training.shape_bias --model vgg16 --sparsity none --topk 1.0 --weights pretrained",
+                     "python -m training.shape_bias --model vgg16 --sparsity topk --topk 0.1,0.2 --weights pretrained"]
+    env = submitted[0][2]["env_vars"]
+    assert env["MLFLOW_TRACKING_URI"] == mlflow_store and env["MLFLOW_EXPERIMENT_ID"] and "MLFLOW_RUN_ID" not in env
+    assert reproduce.main(argv) == 0  # nothing finished yet, but everything is still running
+    assert len(submitted) == 5 and capsys.readouterr().out.count("already running on the cluster") == 5
+
+
+def test_table2_grid_and_bad_input(mlflow_store, tmp_path, capsys):
+    cells = reproduce.grid("table2", datasets=["IN-S1-C5"])
+    jobs = reproduce.jobs_for(reproduce.status(cells, []), data_root=str(tmp_path))
+    assert [j.args for j in jobs][-1] == ["--data-dir", str(tmp_path / "IN-S1-C5"), "--sparsity", "topk",
+                                          "--noise-injection", "true", "--seed", "0", "--topk", "0.15"]
+    assert reproduce.main(["table9", "--dry-run"]) == 2
+    assert "table='table9' is not accepted" in capsys.readouterr().err
+    assert reproduce.main(["table1", "--where", "somewhere"]) == 2
+    assert "where='somewhere' is not accepted" in capsys.readouterr().err
+    assert reproduce.main(["table1", "--dry-run", "maybe"]) == 2
+
+
+@pytest.mark.parametrize("value,expected", [("true", True), ("False", False), ("", False), ("1", True)])
+def test_truthy(value, expected):
+    assert reproduce.truthy("dry_run", value) is expected
