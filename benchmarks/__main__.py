@@ -96,7 +96,7 @@ def step_table(rows: list[dict]) -> str:
 def epoch_table(rows: list[dict]) -> str:
     return table(
         ["loop", "threads", "train s/epoch", "vs bare", "whole epoch s", "vs bare", "start-up s", "peak MB (all processes)"],
-        [[r["name"], r.get("threads", "ray default"), fmt(r["train_s"], 2), fmt(r["train_over_bare"], 2) + "x",
+        [[r["name"], r.get("threads", "set by Ray: CPUs per worker"), fmt(r["train_s"], 2), fmt(r["train_over_bare"], 2) + "x",
           fmt(r["cycle_s"], 2), fmt(r["cycle_over_bare"], 2) + "x", fmt(r.get("startup_s"), 1), fmt(r["peak_mb"], 0)]
          for r in rows],
     )
@@ -133,6 +133,9 @@ def render(result: dict) -> str:
         parts += ["", "ResNet-18 training step (median ms):", "", step_table(result["step"])]
     if result.get("epoch"):
         parts += ["", "Training epoch, bare loop vs job (median over epochs after the first):", "", epoch_table(result["epoch"])]
+    errors = [f"{r['name']}: {r['job_error']}" for r in result.get("epoch", []) if r.get("job_error")]
+    if errors:
+        parts += ["", "The job failed (timings are of the epochs it ran): " + "; ".join(errors)]
     if result.get("goals"):
         parts += ["", "Goals (issue 9):", "", table(["goal", "measured", "met"], [[g["goal"], g["measured"], "yes" if g["met"] else "NO"] for g in result["goals"]])]
     return "\n".join(parts)

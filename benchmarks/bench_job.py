@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import gc
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import TreeMemorySampler, peak_memory_mb
+from benchmarks.common import TreeMemorySampler, med, peak_memory_mb
 
 
 def config(quick: bool, epochs: int | None, per_class: int | None, workers: int = 1):
@@ -44,7 +43,18 @@ def config(quick: bool, epochs: int | None, per_class: int | None, workers: int 
     ).validate()
 
 
-def bare_loop(cfg) -> dict[str, Any]:
+def bare_loop(cfg, threads: int | None = None) -> dict[str, Any]:
+    """The bare loop, with ``threads`` torch threads (default: this process's setting)."""
+    saved = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _bare_loop(cfg)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _bare_loop(cfg) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from shapebias.models.resnet import sgd
@@ -72,7 +82,8 @@ def bare_loop(cfg) -> dict[str, Any]:
             cycle_s.append(time.perf_counter() - t0)
 
     peak = peak_memory_mb(loop)
-    return summarize("bare loop", cfg, train_s, cycle_s, time.perf_counter() - t_start, peak, threads=torch.get_num_threads())
+    name = f"bare loop, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
+    return summarize(name, cfg, train_s, cycle_s, time.perf_counter() - t_start, peak, threads=torch.get_num_threads())
 
 
 def summarize(name: str, cfg, train_s: list[float], cycle_s: list[float], total_s: float, peak_mb, **extra) -> dict[str, Any]:
@@ -81,7 +92,7 @@ def summarize(name: str, cfg, train_s: list[float], cycle_s: list[float], total_
     return {
         "name": name, "workers": cfg.num_workers, "epochs": cfg.epochs,
         "train_images": cfg.synthetic_classes * cfg.synthetic_train_per_class,
-        "train_s": statistics.median(steady_train), "cycle_s": statistics.median(steady_cycle),
+        "train_s": med(steady_train), "cycle_s": med(steady_cycle),
         "train_all_s": [round(t, 2) for t in train_s], "cycle_all_s": [round(t, 2) for t in cycle_s],
         "total_s": total_s, "peak_mb": peak_mb, **extra,
     }
@@ -115,11 +126,19 @@ def job(cfg, tmp: Path) -> dict[str, Any]:
     from training.train_resnet import run
 
     cfg = dataclasses.replace(cfg, storage_path=str(tmp / f"ray-{cfg.num_workers}"))
-    t0 = time.perf_counter()
-    with TreeMemorySampler() as mem:
-        run_id = run(cfg)
-    total = time.perf_counter() - t0
     client = MlflowClient()
+    t0 = time.perf_counter()
+    error = None
+    with TreeMemorySampler() as mem:
+        try:
+            run_id = run(cfg)
+        except Exception as exc:  # the job failed after (or before) its epochs: time what it did, say so
+            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
+            runs = client.search_runs(["0"], order_by=["attributes.start_time DESC"], max_results=1)
+            if not runs:
+                raise
+            run_id = runs[0].info.run_id
+    total = time.perf_counter() - t0
     train = sorted(client.get_metric_history(run_id, "epoch_time_s"), key=lambda m: m.step)
     logged = sorted(client.get_metric_history(run_id, "train_loss"), key=lambda m: m.step)
     train_s = [m.value for m in train]
@@ -129,9 +148,11 @@ def job(cfg, tmp: Path) -> dict[str, Any]:
     run_start = client.get_run(run_id).info.start_time / 1e3
     startup = stamps[0] - run_start - (train_s[0] if train_s else 0.0) if stamps else float("nan")
     out = summarize(f"job, {cfg.num_workers} worker{'s' if cfg.num_workers > 1 else ''}", cfg, train_s, [float("nan")] + cycle_s, total, mem.peak_mb)
-    out["cycle_s"] = statistics.median(cycle_s) if cycle_s else float("nan")
+    out["cycle_s"] = med(cycle_s)
     out["startup_s"] = startup
     out["run_id"] = run_id
+    if error:
+        out["job_error"] = error
     return out
 
 
@@ -139,9 +160,12 @@ def run(quick: bool, workers: tuple[int, ...] = (1, 2), epochs: int | None = Non
         progress=print) -> list[dict[str, Any]]:
     rows = []
     cfg = config(quick, epochs, per_class)
-    row = bare_loop(cfg)
-    rows.append(row)
-    progress(f"  epoch {row['name']}: train {row['train_s']:.2f} s, cycle {row['cycle_s']:.2f} s")
+    # the job's Ray workers get 1 CPU each, so Ray sets OMP_NUM_THREADS=1 in them: a 1-thread bare
+    # loop is shown too, to tell the platform's overhead from the thread count
+    for threads in dict.fromkeys([torch.get_num_threads(), 1]):
+        row = bare_loop(cfg, threads)
+        rows.append(row)
+        progress(f"  epoch {row['name']}: train {row['train_s']:.2f} s, cycle {row['cycle_s']:.2f} s")
     gc.collect()
     import ray
 

@@ -249,28 +249,43 @@ def _call(what: str, fn, *args, **kwargs):
         raise KubeError(f"cannot reach the Kubernetes API to {what}: {exc}") from None
 
 
+def configmap_names(release: str) -> list[str]:
+    """The chart's ConfigMap of templates: ``<fullname>-rayjobs`` (fullname is the release name
+    when it contains "shapebias", else ``<release>-shapebias``)."""
+    names = [f"{release}-rayjobs"]
+    if "shapebias" not in release:
+        names.append(f"{release}-shapebias-rayjobs")
+    return names
+
+
 def fetch_template(api, namespace: str, release: str, experiment: str) -> dict:
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    name = f"{release}-rayjobs"
-    try:
-        cm = _call(f"read ConfigMap {name}", client.CoreV1Api(api).read_namespaced_config_map, name, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            raise KubeError(
-                f"ConfigMap {name} not found in namespace {namespace}: the shapebias chart is not installed there "
-                f"(helm install {release} deploy/helm/shapebias -n {namespace}), or pass --release/--namespace"
-            ) from None
-        if exc.status == 403:
-            raise KubeError(
-                f"forbidden to read ConfigMap {name} in namespace {namespace} (RBAC): ask the admin to bind "
-                f"Role {release}-submitter to you ({_api_message(exc)})"
-            ) from None
-        raise KubeError(f"reading ConfigMap {name} failed: {exc.status} {_api_message(exc)}") from None
+    core = client.CoreV1Api(api)
+    cm = None
+    for name in configmap_names(release):
+        try:
+            cm = _call(f"read ConfigMap {name}", core.read_namespaced_config_map, name, namespace)
+            break
+        except ApiException as exc:
+            if exc.status == 404:
+                continue
+            if exc.status == 403:
+                raise KubeError(
+                    f"forbidden to read ConfigMap {name} in namespace {namespace} (RBAC): ask the admin to bind "
+                    f"Role {name.removesuffix('-rayjobs')}-submitter to you ({_api_message(exc)})"
+                ) from None
+            raise KubeError(f"reading ConfigMap {name} failed: {exc.status} {_api_message(exc)}") from None
+    if cm is None:
+        raise KubeError(
+            f"ConfigMap {' or '.join(configmap_names(release))} not found in namespace {namespace}: the shapebias "
+            f"chart is not installed there (helm install {release} deploy/helm/shapebias -n {namespace}), "
+            "or pass --release/--namespace"
+        )
     text = (cm.data or {}).get(f"{experiment}.yaml")
     if not text:
-        raise KubeError(f"ConfigMap {name} has no template for {experiment} (keys: {', '.join(cm.data or {})})")
+        raise KubeError(f"ConfigMap {cm.metadata.name} has no template for {experiment} (keys: {', '.join(cm.data or {})})")
     return yaml.safe_load(text)
 
 

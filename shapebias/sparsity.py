@@ -15,7 +15,7 @@ its channel's mean and ``complement`` is all zero.
 Ties
 ----
 Where several positions share the k-th largest ``|x|``, the ones with the lowest flat spatial
-index (``h * W + w``) are kept. This is the definition (:func:`topk_mask`, a stable sort), and
+index (``h * W + w``) are kept. This is the definition (:func:`reference_mask`, a stable sort), and
 every implementation here follows it exactly. ``torch.topk`` on the CPU documents no rule for
 ties (it breaks them as its partial sort happens to leave them), so :func:`topk_direct`, the
 plain "``torch.topk`` indices, then a scattered mask" formulation, agrees with the definition
@@ -70,7 +70,7 @@ def kept_count(k: float, spatial: int) -> int:
     return max(1, int(k * spatial))
 
 
-def topk_mask(x: torch.Tensor, k: float) -> torch.Tensor:
+def reference_mask(x: torch.Tensor, k: float) -> torch.Tensor:
     """Boolean mask of the kept positions, same shape as ``x`` (N, C, H, W): the definition.
 
     The ``kept_count(k, H*W)`` largest ``|x|`` over (H, W) flattened; ties to the lowest index
@@ -102,12 +102,12 @@ def _apply_mask(x: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 def topk_reference(x: torch.Tensor, k: float, mode: str = "topk") -> torch.Tensor:
-    """The definition: the mask of :func:`topk_mask`, then plain arithmetic (autograd does the rest).
+    """The definition: the mask of :func:`reference_mask`, then plain arithmetic (autograd does the rest).
 
     Kept as the definition that faster implementations are tested against.
     """
     check_choice("mode", mode, MODES)
-    return _apply_mask(x, topk_mask(x, k), mode)
+    return _apply_mask(x, reference_mask(x, k), mode)
 
 
 def topk_direct(x: torch.Tensor, k: float, mode: str = "topk") -> torch.Tensor:
@@ -346,13 +346,16 @@ def _layout_ok(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
-def fast_mask(x: torch.Tensor, k: float, backend: str | None = None) -> torch.Tensor:
-    """The mask of :func:`topk_mask`, computed fast (same positions, ties included)."""
+def topk_mask(x: torch.Tensor, k: float, backend: str | None = None) -> torch.Tensor:
+    """Boolean mask of the kept positions, same shape as ``x`` (N, C, H, W).
+
+    Exactly :func:`reference_mask` (same positions, ties to the lowest index), computed fast.
+    """
     n, c, h, w = x.shape
     keep = kept_count(k, h * w)
     chosen = _backend(x, backend)
     if chosen == "reference":
-        return topk_mask(x, k)
+        return reference_mask(x, k)
     if keep >= h * w:
         return torch.ones_like(x, dtype=torch.bool)
     if chosen == "cpu":

@@ -370,18 +370,16 @@ def synthesize(
 
         bar = tqdm(total=steps, desc=desc or f"{method} {mask}", leave=False)
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = synthesis_loss(model, x, targets, mask, k, method) + range_penalty(x)
-        loss.backward()
-        value = float(loss.detach())
+    def total_loss() -> torch.Tensor:
+        return synthesis_loss(model, x, targets, mask, k, method) + range_penalty(x)
+
+    def record(it: int, value: float) -> None:
         if not math.isfinite(value):
-            raise FloatingPointError(f"{method} with mask {mask}: the loss became {value}")
-        it = int(state.get("n_iter", 0))
-        if it not in by_iter and it > 0:  # iteration it-1 is complete
-            _report(it - 1)
+            raise FloatingPointError(f"{method} with mask {mask}: the loss became {value} in L-BFGS iteration {it}")
+        while reported[0] < it - 1:  # iterations before `it` are complete
+            reported[0] += 1
+            _report(reported[0])
         by_iter[it] = min(value, by_iter.get(it, math.inf))
-        return loss
 
     def _report(it: int) -> None:
         if on_step:
@@ -390,8 +388,22 @@ def synthesize(
             bar.update(1)
             bar.set_postfix(loss=f"{by_iter[it]:.4g}")
 
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = total_loss()
+        loss.backward()
+        record(int(state.get("n_iter", 0)), float(loss.detach()))
+        return loss
+
+    reported = [-1]
     opt.step(closure)
-    _report(max(by_iter))
+    last = int(state.get("n_iter", 0))
+    if last not in by_iter:  # L-BFGS does not evaluate the point its last iteration reaches
+        with torch.no_grad():
+            record(last, float(total_loss()))
+    while reported[0] < last:
+        reported[0] += 1
+        _report(reported[0])
     if bar is not None:
         bar.close()
     losses = [by_iter[i] for i in sorted(by_iter)]

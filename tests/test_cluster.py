@@ -220,7 +220,8 @@ def test_job_args_follow_mlproject():
     assert args[args.index("--topk") + 1] == "0.1"
     assert args[args.index("--data-dir") + 1] == "/a b"
     assert args[args.index("--storage-path") + 1] == ""
-    assert args[args.index("--epochs") + 1] == "6"
+    default_epochs = str(cluster.load_entry_points()["train_resnet"]["parameters"]["epochs"]["default"])
+    assert args[args.index("--epochs") + 1] == default_epochs
     with pytest.raises(cluster.ConfigError, match="data_dir of train_fastgan has no default"):
         cluster.job_args("train_fastgan", {})
 
@@ -249,3 +250,19 @@ def test_driver_resumes_the_same_run_on_retry(mlflow_store, monkeypatch):
 
     run = MlflowClient().get_run(run_id)
     assert run.data.tags["shapebias.rayjob"] == "rj-1" and run.data.tags["shapebias.task"] == "train_resnet"
+
+
+def test_release_without_shapebias_in_its_name(api, capsys):
+    """Release "lab" -> the chart's objects are lab-shapebias-*: submit finds lab-shapebias-rayjobs."""
+    api.answer("GET", f"/api/v1/namespaces/{NS}/configmaps/lab-shapebias-rayjobs", (200, chart_configmap()))
+    api.answer("POST", RAYJOBS, (201, "echo"))
+    assert submit("shape_bias", "--release", "lab") == 0
+    assert api.sent("GET", f"/api/v1/namespaces/{NS}/configmaps/lab-rayjobs")  # tried first, 404
+    assert api.sent("POST", RAYJOBS)[0]["body"]["metadata"]["name"].startswith("lab-shape-bias-")
+
+
+def test_forbidden_to_read_the_templates(api, capsys):
+    api.answer("GET", CONFIGMAP, (403, status_body(403, "Forbidden", 'configmaps "shapebias-rayjobs" is forbidden')))
+    assert submit("train_resnet") == 2
+    err = capsys.readouterr().err
+    assert "RBAC" in err and "Role shapebias-submitter" in err

@@ -114,6 +114,10 @@ def test_welch_matches_scipy_and_verdicts():
         "contradicted")
     assert tables.welch(np.array([0.70, 0.75, 0.80]), np.array([0.69, 0.74, 0.79]), "greater")[2].startswith(
         "not significant")
+    x, y = [0.05, 0.1, 0.2, 0.3, 0.5, 1.0], [0.63, 0.72, 0.71, 0.63, 0.44, 0.24]
+    for d in ("less", "greater"):
+        ref = stats.spearmanr(x, y, alternative=d)
+        assert tables.spearman(x, y, d) == pytest.approx((ref.statistic, ref.pvalue))
     test, p, verdict = tables.welch(np.array([0.8]), np.array([0.6, 0.61]), "greater")
     assert test == "none" and math.isnan(p) and verdict == f"{tables.ONE_SEED} (direction as claimed)"
 

@@ -29,7 +29,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output-dir", default="", help="also keep the report here (default: a temporary folder)")
     p.add_argument("--tracking-uri", default="", help="read runs from this store (default: MLFLOW_TRACKING_URI)")
     p.add_argument("--no-log", action="store_true", help="print and write files only; create no compare run")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("experiment", "output_dir", "tracking_uri"):  # an empty MLproject value quoted twice
+        if getattr(args, name).strip() in ("''", '""'):
+            setattr(args, name, "")
+    return args
 
 
 def experiment_names(value: str) -> list[str]:

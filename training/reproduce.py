@@ -164,8 +164,12 @@ def status(cells: Sequence[Cell], runs: Iterable[tables.Run]) -> list[Status]:
     return out
 
 
-def jobs_for(todo: Sequence[Status], job_args: Sequence[str] = (), data_root: str = "") -> list[Job]:
-    """The launches that cover the cells to do; shape-bias levels of one model x sparsity share a sweep."""
+def jobs_for(todo: Sequence[Status], job_args: Sequence[str] = (), data_root: str = "",
+             strict: bool = True) -> list[Job]:
+    """The launches that cover the cells to do; shape-bias levels of one model x sparsity share a sweep.
+
+    ``strict``: a few-shot set without a folder is a DataError (else a placeholder, for dry runs).
+    """
     jobs: list[Job] = []
     sweeps: dict[tuple[str, str], list[Cell]] = {}
     for st in todo:
@@ -176,7 +180,13 @@ def jobs_for(todo: Sequence[Status], job_args: Sequence[str] = (), data_root: st
                     "--dataset", p["dataset"], "--seed", c.seed]
             jobs.append(Job("training.train_resnet", args + list(job_args), [c], resume))
         elif c.task == "train_fastgan":
-            args = ["--data-dir", few_shot_folder(p["dataset"], data_root), "--sparsity", p["sparsity"],
+            try:
+                folder = few_shot_folder(p["dataset"], data_root)
+            except DataError:
+                if strict:
+                    raise
+                folder = f"<no folder for {p['dataset']}: pass --data-root>"
+            args = ["--data-dir", folder, "--sparsity", p["sparsity"],
                     "--noise-injection", p["noise_injection"], "--seed", c.seed]
             if p["topk"]:
                 args += ["--topk", p["topk"]]
@@ -198,8 +208,8 @@ def few_shot_folder(name: str, data_root: str = "") -> str:
         return os.path.join(data_root, name)
     path = settings.few_shot_dir(name)
     if path is None:
-        raise DataError(f"no folder for the few-shot set {name!r}: pass --data-root DIR (with DIR/{name}/) "
-                        "or set SHAPEBIAS_FEW_SHOT_DIR")
+        raise DataError(f"no folder for the few-shot set {name!r}: pass --data-root DIR (with DIR/{name}/), "
+                        "set SHAPEBIAS_FEW_SHOT_DIR, or leave the set out with --datasets")
     return str(path)
 
 
@@ -269,7 +279,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--job-args", default="", help="extra arguments for every job, e.g. --job-args=\"--epochs 30 --data-dir /in\"")
     p.add_argument("--data-root", default="", help="table2: folder that holds the few-shot sets by name")
     p.add_argument("--tracking-uri", default="", help="default: MLFLOW_TRACKING_URI")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name, value in vars(args).items():  # an empty MLproject value quoted twice arrives as ''
+        if isinstance(value, str) and value.strip() in ("''", '""'):
+            setattr(args, name, "")
+    return args
 
 
 def truthy(name: str, value: str) -> bool:
@@ -320,12 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     if not todo:
         print("nothing to launch")
         return 0
-    try:
-        jobs = jobs_for(todo, shlex.split(args.job_args), args.data_root)
-    except DataError:
-        if not dry:
-            raise
-        jobs = jobs_for(todo, shlex.split(args.job_args), data_root="<DATA_ROOT>")
+    jobs = jobs_for(todo, shlex.split(args.job_args), args.data_root, strict=not dry)
     if dry:
         for job in jobs:
             print(f"would launch: python -m {job.module} {shlex.join(job.args)}"

@@ -333,8 +333,19 @@ def _init_ray(env_vars: dict[str, str]) -> None:
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
-    else:
-        ray.init(runtime_env={"env_vars": env_vars}, include_dashboard=False, log_to_driver=True)
+        return
+    # A local node gives its raylet a fixed 30 s to register; on a busy machine that can be too
+    # short, so a failed start is retried a few times.
+    attempts = int(os.environ.get("SHAPEBIAS_RAY_START_ATTEMPTS", "3") or 3)
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(runtime_env={"env_vars": env_vars}, include_dashboard=False, log_to_driver=True)
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception on a slow start
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            print(f"Ray did not start in time (attempt {attempt}/{attempts}); retrying", file=sys.stderr)
+            ray.shutdown()
 
 
 def run(cfg: Config, run_id: str | None = None) -> str:

@@ -60,13 +60,13 @@ class Config:
     data_dir: str = ""
     stylized_dir: str = ""
     class_list: str = ""
-    epochs: int = 5
-    batch_size: int = 64
+    epochs: int = 4
+    batch_size: int = 32
     lr: float = 0.05
     seed: int = 0
     num_workers: int = 1
     synthetic_classes: int = 10
-    synthetic_train_per_class: int = 100
+    synthetic_train_per_class: int = 60
     synthetic_test_per_class: int = 20
     image_size: int = 32
     storage_path: str = ""
@@ -323,8 +323,16 @@ def _init_ray(env_vars: dict[str, str]) -> None:
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init()  # a cluster (Ray Jobs API, the local stack, KubeRay): runtime env per worker below
-    else:
-        ray.init(runtime_env={"env_vars": env_vars}, include_dashboard=False, log_to_driver=True)
+        return
+    for attempt in range(3):  # a busy machine can miss Ray's fixed 30 s start-up deadline: try again
+        try:
+            ray.init(runtime_env={"env_vars": env_vars}, include_dashboard=False, log_to_driver=True)
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == 2:
+                raise
+            print(f"Ray did not start in time ({exc}); retrying", file=sys.stderr)
+            ray.shutdown()
 
 
 def _sample_grid(data: dict[str, Dataset], per_split: int = 10):
@@ -403,6 +411,7 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
         mlflow.pytorch.log_model(
             model,
             name="model",
+            serialization_format="pickle",  # the whole module (needs `shapebias` importable to load)
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
         )
         metrics = mlflow.get_run(run_id).data.metrics

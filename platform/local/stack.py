@@ -519,15 +519,17 @@ class Stack:
             "auth_cache_ttl_seconds = 60\n"  # one server worker: no staleness across workers
         )
 
-    def _s3_client(self, port_name: str = "s3"):
+    def _s3_client(self, port_name: str = "s3", *, quick: bool = False):
         import boto3
         from botocore.config import Config
 
         s = self.secrets
+        config = (Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}) if quick
+                  else Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 5}))
         return boto3.client(
             "s3", endpoint_url=f"http://127.0.0.1:{self.ports[port_name]}", region_name="us-east-1",
             aws_access_key_id=s["AWS_ACCESS_KEY_ID"], aws_secret_access_key=s["AWS_SECRET_ACCESS_KEY"],
-            config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}),
+            config=config,
         )
 
     def _ensure_bucket(self) -> None:
@@ -552,17 +554,26 @@ class Stack:
         except (OSError, urllib.error.URLError):
             return 0, b""
 
-    def _ensure_runner_user(self) -> None:
+    def _ensure_runner_user(self, timeout: float = 180) -> None:
         admin = self.admin_auth()
-        code, _ = self._request(f"/api/2.0/mlflow/users/get?username={RUNNER_USER}", auth=admin)
-        if code == 200:
-            return
-        code, body = self._request(
-            "/api/2.0/mlflow/users/create", auth=admin, method="POST",
-            data={"username": RUNNER_USER, "password": self.secrets["MLFLOW_RUNNER_PASSWORD"]},
-        )
-        if code != 200:
-            raise StackError(f"could not create the MLflow user {RUNNER_USER!r}: HTTP {code} {body[:300]!r}")
+        deadline = time.monotonic() + timeout
+        code, body = 0, b""
+        while time.monotonic() < deadline:
+            code, _ = self._request(f"/api/2.0/mlflow/users/get?username={RUNNER_USER}", auth=admin, timeout=60)
+            if code == 200:
+                return
+            if code == 0:  # slow or restarting server: ask again
+                time.sleep(2)
+                continue
+            code, body = self._request(
+                "/api/2.0/mlflow/users/create", auth=admin, method="POST", timeout=60,
+                data={"username": RUNNER_USER, "password": self.secrets["MLFLOW_RUNNER_PASSWORD"]},
+            )
+            if code == 200 or b"RESOURCE_ALREADY_EXISTS" in body:
+                return
+            if code != 0:
+                break
+        raise StackError(f"could not create the MLflow user {RUNNER_USER!r}: HTTP {code} {body[:300]!r}")
 
     # -- health ----------------------------------------------------------------------------
 
@@ -576,7 +587,7 @@ class Stack:
             if name in ("s3-store", "s3"):
                 if not _port_open(p[name]):
                     return False
-                client = self._s3_client(name)
+                client = self._s3_client(name, quick=True)
                 if name == "s3-store":
                     client.list_buckets()
                 else:

@@ -156,6 +156,12 @@ def write_random_inception_weights(path: str | os.PathLike, seed: int = 0) -> Pa
             inception_mod.fid_inception_v3()
     finally:
         inception_mod._inception_v3 = make
+    # PyTorch's default conv init shrinks activations layer after layer (with batch norm in eval
+    # mode there is nothing to renormalise them) until features are ~1e-7 and every FID ~0; He
+    # initialisation keeps their scale, so that different images give different features.
+    for module in built[-1].modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     torch.save(built[-1].state_dict(), path)
     return Path(path)
 

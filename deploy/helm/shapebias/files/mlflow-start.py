@@ -42,12 +42,13 @@ if env.get("S3_CREATE_BUCKET") == "true":  # in-cluster S3 server: make the buck
     from botocore.exceptions import ClientError, EndpointConnectionError
 
     s3 = boto3.client("s3", endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"])
-    for attempt in range(30):
+    for attempt in range(60):  # the S3 server may still be starting
         try:
-            s3.head_bucket(Bucket=env["S3_BUCKET"])
-            break
-        except ClientError:
-            s3.create_bucket(Bucket=env["S3_BUCKET"])
+            try:
+                s3.head_bucket(Bucket=env["S3_BUCKET"])
+            except ClientError:
+                s3.create_bucket(Bucket=env["S3_BUCKET"])
+                print(f"mlflow-start: created bucket {env['S3_BUCKET']}", flush=True)
             break
         except EndpointConnectionError:
             time.sleep(2)

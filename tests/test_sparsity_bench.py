@@ -1,0 +1,61 @@
+"""The benchmark harness's pieces on tiny sizes (the harness itself is run by `make bench`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import __main__ as harness
+from benchmarks import bench_step, bench_topk, common
+from shapebias import sparsity
+
+
+def test_topk_case_row():
+    row = bench_topk.bench_case((2, 4, 8, 8), 0.2, "topk", repeats=2)
+    for key in ("relu_ms", "direct_ms", "fast_ms", "fast_over_relu", "speedup_vs_direct"):
+        assert row[key] > 0
+    assert len(row["fast_all_ms"]) == 2
+    assert row["backend"] in ("cpu", "torch")
+    assert row["fast_peak_mb"] is None or row["fast_peak_mb"] >= 0
+
+
+def test_peak_memory_sees_an_allocation():
+    mb = common.peak_memory_mb(lambda: torch.ones(64 * 2**20 // 4).add_(1))  # 64 MiB
+    if mb is None:
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    assert 60 <= mb <= 200
+
+
+def test_swap_direct_replaces_topk_modules():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), sparsity.TopK(0.5), torch.nn.Sequential(sparsity.TopK(0.2, "topk_mean")))
+    assert bench_step.swap_direct(model) == 2
+    assert not any(isinstance(m, sparsity.TopK) for m in model.modules())
+    x = torch.randn(1, 1, 6, 6)
+    assert model(x).shape == (1, 2, 4, 4)
+
+
+def test_goals_and_render():
+    result = {
+        "machine": common.machine(), "load_before": [1.0], "load_after": [1.0], "quick": True, "seconds": 1.0,
+        "topk": [{"device": "cpu", "shape": "32x128x56x56", "k": 0.2, "mode": "topk", "dtype": "float32",
+                  "channels_last": False, "relu_ms": 10.0, "direct_ms": 65.0, "fast_ms": 15.0, "direct_over_relu": 6.5,
+                  "fast_over_relu": 1.5, "speedup_vs_direct": 4.3, "relu_peak_mb": 1.0, "direct_peak_mb": 2.0, "fast_peak_mb": None}],
+        "step": [{"device": "cpu", "options": "plain", "spec": "code", "variant": "topk", "batch": 4, "image_size": 224,
+                  "stem_stride": 2, "step_ms": 1000.0, "over_dense": 1.2, "peak_mb": 5.0}],
+        "epoch": [
+            {"name": "bare loop", "workers": 1, "threads": 2, "train_s": 1.0, "cycle_s": 2.0, "train_over_bare": 1.0, "cycle_over_bare": 1.0, "peak_mb": 1.0},
+            {"name": "job, 1 worker", "workers": 1, "train_s": 1.0, "cycle_s": 2.0, "train_over_bare": 1.0, "cycle_over_bare": 1.0, "startup_s": 9.0, "peak_mb": 1.0},
+            {"name": "job, 2 workers", "workers": 2, "train_s": 1.0, "cycle_s": 3.0, "train_over_bare": 1.0, "cycle_over_bare": 1.5, "startup_s": 9.0, "peak_mb": 1.0},
+        ],
+    }
+    goals = {g["goal"].split(" ")[0] + g["goal"].split(" ")[1]: g["met"] for g in harness.goals(result)}
+    assert list(goals.values()) == [True, False, True, False]
+    result["goals"] = harness.goals(result)
+    text = harness.render(result)
+    assert "| cpu | 32x128x56x56 | 0.2 | topk |" in text and "1.50x" in text and "n/a" in text and "| NO |" in text
+
+
+def test_bad_section_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        harness.parse_args(["--sections", "topk,gpu"])
+    assert "unknown section" in capsys.readouterr().err
