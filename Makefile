@@ -21,7 +21,7 @@ tools: setup
 	$(BIN)/python -m shapebias.devtools fetch-helm
 
 run: setup
-	$(BIN)/mlflow run . -e train_resnet -P sparsity=topk --env-manager local
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run . -e train_resnet -P sparsity=topk --env-manager local
 
 test: setup tools
 	$(BIN)/python -m pytest

@@ -160,18 +160,21 @@ _C_SOURCE = r"""
  * order) by an MSD radix select over digits of 8/8/8/7 bits. Sets the threshold's bits and how
  * many elements equal to it are kept (every other kept element is strictly greater). */
 static void radix_select(const uint32_t *u, int64_t n, int64_t keep, uint32_t *buf_a,
-                         uint32_t *buf_b, uint32_t *t_out, int64_t *need_out) {
+                         uint32_t *buf_b, int64_t *hist, uint32_t *t_out, int64_t *need_out,
+                         int64_t *equal_out) {
+  /* hist[256] holds the histogram of the first digit (u >> 23) on entry */
   static const int shift[4] = {23, 15, 7, 0};
   static const uint32_t digit_mask[4] = {0xffu, 0xffu, 0xffu, 0x7fu};
-  int64_t hist[256];
   const uint32_t *src = u;
   int64_t m = n, remaining = keep;
   uint32_t prefix = 0;
   for (int d = 0; d < 4; ++d) {
     const int s = shift[d];
     const uint32_t dm = digit_mask[d];
-    memset(hist, 0, sizeof(hist));
-    for (int64_t i = 0; i < m; ++i) hist[(src[i] >> s) & dm]++;
+    if (d > 0) {
+      memset(hist, 0, 256 * sizeof(int64_t));
+      for (int64_t i = 0; i < m; ++i) hist[(src[i] >> s) & dm]++;
+    }
     int64_t above = 0;
     int b = (int)dm;
     for (; b > 0; --b) {
@@ -180,7 +183,10 @@ static void radix_select(const uint32_t *u, int64_t n, int64_t keep, uint32_t *b
     }
     remaining -= above;
     prefix |= ((uint32_t)b) << s;
-    if (d == 3) break;
+    if (d == 3) {
+      *equal_out = hist[b]; /* the last digit: every element of bin b equals the threshold */
+      break;
+    }
     if (hist[b] == remaining) { /* the whole bin is kept: the threshold is its minimum */
       uint32_t lo = 0xffffffffu;
       int64_t eq = 0;
@@ -191,6 +197,7 @@ static void radix_select(const uint32_t *u, int64_t n, int64_t keep, uint32_t *b
       for (int64_t i = 0; i < m; ++i) eq += (src[i] == lo);
       *t_out = lo;
       *need_out = eq;
+      *equal_out = eq;
       return;
     }
     uint32_t *dst = (src == buf_a) ? buf_b : buf_a;
@@ -205,6 +212,13 @@ static void radix_select(const uint32_t *u, int64_t n, int64_t keep, uint32_t *b
   }
   *t_out = prefix;
   *need_out = remaining;
+}
+
+/* out = pass ? g : 0 over `numel` elements of dense tensors with identical strides. */
+void shapebias_mask_mul_f32(const float *g, const uint8_t *pass, float *out, int64_t numel,
+                            int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < numel; ++i) out[i] = pass[i] ? g[i] : 0.0f;
 }
 
 /* For each of the `rows` (n, c) rows (row r starts at (r / C) * sN + (r % C) * sC; its n
@@ -224,23 +238,42 @@ int shapebias_topk_f32(const float *x, float *out, uint8_t *pass, int64_t rows, 
       const int64_t base = (r / C) * sN + (r % C) * sC;
       const float *xr = x + base;
       uint8_t *mr = pass + base;
+      int64_t hist[256];
+      memset(hist, 0, sizeof(hist));
       for (int64_t i = 0; i < n; ++i) {
         uint32_t v;
         memcpy(&v, xr + i * ss, 4);
-        u[i] = v & 0x7fffffffu;
+        v &= 0x7fffffffu;
+        u[i] = v;
+        hist[v >> 23]++;
       }
       uint32_t t = 0;
-      int64_t need = n;
-      if (keep < n) radix_select(u, n, keep, u + n, u + 2 * n, &t, &need);
-      for (int64_t i = 0; i < n; ++i) {
-        const uint32_t v = u[i];
-        const int tie = (v == t) & (need > 0);
-        need -= tie;
-        mr[i * ss] = (uint8_t)(((v > t) | tie) ^ (complement != 0));
-      }
-      if (out) {
+      int64_t need = n, equal = n;
+      if (keep < n) radix_select(u, n, keep, u + n, u + 2 * n, hist, &t, &need, &equal);
+      const uint8_t flip = (uint8_t)(complement != 0);
+      if (need == equal && ss == 1) { /* no tie to break (the usual case): a plain compare */
+        for (int64_t i = 0; i < n; ++i) mr[i] = (uint8_t)(u[i] >= t) ^ flip;
+        if (out) {
+          float *orow = out + base;
+          for (int64_t i = 0; i < n; ++i) orow[i] = mr[i] ? xr[i] : 0.0f;
+        }
+      } else if (out) {
         float *orow = out + base;
-        for (int64_t i = 0; i < n; ++i) orow[i * ss] = mr[i * ss] ? xr[i * ss] : 0.0f;
+        for (int64_t i = 0; i < n; ++i) {
+          const uint32_t v = u[i];
+          const int tie = (v == t) & (need > 0);
+          need -= tie;
+          const uint8_t p = (uint8_t)((v > t) | tie) ^ flip;
+          mr[i * ss] = p;
+          orow[i * ss] = p ? xr[i * ss] : 0.0f;
+        }
+      } else {
+        for (int64_t i = 0; i < n; ++i) {
+          const uint32_t v = u[i];
+          const int tie = (v == t) & (need > 0);
+          need -= tie;
+          mr[i * ss] = (uint8_t)((v > t) | tie) ^ flip;
+        }
       }
     }
     free(u);
@@ -284,6 +317,8 @@ def _build_cpu_kernel() -> ctypes.CDLL:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.shapebias_topk_f32.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]
     lib.shapebias_topk_f32.restype = ctypes.c_int
+    lib.shapebias_mask_mul_f32.argtypes = [ptr, ptr, ptr, i64, ctypes.c_int]
+    lib.shapebias_mask_mul_f32.restype = None
     return lib
 
 
@@ -315,9 +350,9 @@ def _cpu_topk(x: torch.Tensor, keep: int, complement: bool, want_out: bool):
         x = x.contiguous()
         s_n, s_c, s_h, s_w = x.stride()
     ss = s_w if w > 1 else s_h
-    passed = torch.empty_like(x, dtype=torch.bool)
-    out = torch.empty_like(x) if want_out else None
-    assert passed.stride() == x.stride() and (out is None or out.stride() == x.stride())
+    # x is dense (one of the two contiguous formats): outputs with exactly its strides are dense too
+    passed = torch.empty_strided(x.shape, x.stride(), dtype=torch.bool)
+    out = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype) if want_out else None
     rc = cpu_kernel().shapebias_topk_f32(
         x.data_ptr(), out.data_ptr() if want_out else None, passed.data_ptr(),
         n_ * c, c, s_n, s_c, ss, h * w, keep, int(complement), torch.get_num_threads(),
@@ -383,7 +418,20 @@ class _MaskedPass(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, _grad_mask):
         (passed,) = ctx.saved_tensors
-        return grad_out * passed, None, None, None
+        return _masked_grad(grad_out, passed), None, None, None
+
+
+def _masked_grad(grad: torch.Tensor, passed: torch.Tensor) -> torch.Tensor:
+    """``grad * passed`` (the definition's backward): by the C kernel where layouts match."""
+    if (
+        grad.dtype == torch.float32 and grad.device.type == "cpu" and grad.stride() == passed.stride()
+        and (grad.is_contiguous() or grad.is_contiguous(memory_format=torch.channels_last))
+        and cpu_kernel() is not None
+    ):
+        out = torch.empty_strided(grad.shape, grad.stride(), dtype=grad.dtype)
+        cpu_kernel().shapebias_mask_mul_f32(grad.data_ptr(), passed.data_ptr(), out.data_ptr(), grad.numel(), torch.get_num_threads())
+        return out
+    return grad * passed
 
 
 class _MeanPass(torch.autograd.Function):

@@ -319,10 +319,17 @@ def resnet_label(row: Mapping[str, str], varying: Sequence[str]) -> str:
 def gan_label(row: Mapping[str, str], topk_varies: bool) -> str:
     label = GAN_SPARSITY_LABEL.get(row["sparsity"], row["sparsity"])
     if row["sparsity"] != "none" and topk_varies and row.get("topk"):
-        label += f"={float(row['topk']) * 100:g}"
+        label += f"={_num(row['topk']) * 100:g}" if math.isfinite(_num(row["topk"])) else f"={row['topk']}"
     if row.get("noise_injection") == "true":
         label += " + Noise"
     return label + _extra(row, {"sparsity", "topk", "noise_injection"})
+
+
+def _num(value: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("inf")
 
 
 def level_label(topk: str) -> str:
@@ -530,7 +537,7 @@ def table2(runs: Sequence[Run]) -> tuple[list[Section], list[dict], list[LeftOut
         cols = _col_order((c.col for c in sub), datasets or ())
         topk_varies = len({dict(c.row).get("topk") for c in sub if dict(c.row)["sparsity"] != "none"}) > 1
         rows = sorted({c.row for c in sub}, key=lambda r: (
-            dict(r)["sparsity"] != "none", dict(r)["sparsity"], float(dict(r)["topk"] or 0),
+            dict(r)["sparsity"] != "none", dict(r)["sparsity"], _num(dict(r)["topk"]),
             dict(r)["noise_injection"], r))
         labels = {r: gan_label(dict(r), topk_varies) for r in rows}
         index = _by(sub)

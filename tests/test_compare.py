@@ -257,6 +257,8 @@ def test_mlflow_run_compare_prints_the_seed_tables(mlflow_store, tmp_path):
                            "-P", "experiment=seed", "--env-manager", "local", "--experiment-name", "reports"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # MLflow quotes parameters itself: an empty output_dir must not become a folder named '' in the project
+    assert not (REPO / "''").exists()
     lines = proc.stdout.splitlines()
     for (setting, dataset), cell in published_table1_cells().items():
         assert any(line.startswith(setting + "  ") and f"  {cell}" in line for line in lines), (setting, cell)

@@ -76,3 +76,11 @@ def test_prepare_from_imagenet(tmp_path):
         few_shot.prepare_from_imagenet("table", root, tmp_path / "out3")
     with pytest.raises(DataError, match="fewer than"):
         few_shot.prepare_from_imagenet("jeep", root, tmp_path / "out4", count=100)
+
+
+def test_verify_shared_sets_against_registered_checksums(few_shot_dir, tmp_path):
+    assert few_shot.verify("jeep", few_shot_dir("jeep"))
+    with pytest.raises(DataError, match="not the registered fish set"):
+        few_shot.verify("fish", few_shot_dir("jeep"))
+    assert few_shot.main(["list"]) == 0
+    assert few_shot.main(["verify", "table", str(few_shot_dir("jeep"))]) == 2

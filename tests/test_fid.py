@@ -1,7 +1,8 @@
 """FID through pytorch-fid, with an Inception weights file that the test makes (random init).
 
 Values computed here are not FIDs of anything meaningful; they check the plumbing: a folder
-against itself scores ~0, against a changed folder > 0.
+against itself scores ~0, against a changed folder > 0. They use pytorch-fid's 64-dimensional
+feature block: the matrix square root of 2048x2048 covariances takes minutes on a busy CPU.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from shapebias.errors import ConfigError, WeightsError
 from shapebias.metrics import fid
 
 N = 5
+DIMS = 64
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +39,27 @@ def folders(tmp_path_factory):
 
 def test_fid_of_a_folder_against_itself_is_zero_and_against_a_changed_one_positive(random_weights, folders):
     a, b = folders
-    model = fid.load_inception(random_weights)
+    model = fid.load_inception(random_weights, dims=DIMS)
     proto = fid.get_protocol("standard")
     files_a, files_b = sorted(a.iterdir()), sorted(b.iterdir())
     stats_a = fid.statistics(files_a, model, proto)
     stats_b = fid.statistics(files_b, model, proto)
-    assert stats_a[0].shape == (2048,) and stats_a[1].shape == (2048, 2048)
+    assert stats_a[0].shape == (DIMS,) and stats_a[1].shape == (DIMS, DIMS)
     same = fid.frechet_distance(stats_a, stats_a)
     changed = fid.frechet_distance(stats_a, stats_b)
     assert changed > 0
     assert abs(same) < 1e-3 * changed + 1e-6, (same, changed)
     # the authors' pixel path ([-1, 1] into an Inception without its own rescaling) gives the same features
-    model_authors = fid.load_inception(random_weights, normalize_input=False)
+    model_authors = fid.load_inception(random_weights, normalize_input=False, dims=DIMS)
     stats_a2 = fid.statistics(files_a, model_authors, fid.get_protocol("authors"))
     assert np.allclose(stats_a2[0], stats_a[0], atol=1e-4 * np.abs(stats_a[0]).max())
 
 
 def test_fid_of_folders_end_to_end(random_weights, folders):
     a, b = folders
-    assert fid.fid_of_folders(a, b, random_weights) > 0
+    assert fid.fid_of_folders(a, b, random_weights, dims=DIMS) > 0
+    with pytest.raises(ConfigError, match="fid_dims"):
+        fid.fid_of_folders(a, b, random_weights, dims=100)
 
 
 def test_random_weights_are_not_verified_as_the_official_file(random_weights):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 import mlflow
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from shapebias import tracking
 from shapebias.metrics import shape_bias as sb
 from shapebias.metrics.imagenet16 import CATEGORIES
-from tests.test_shape_bias_data import make_cue_conflict
 from training import shape_bias as job
 
 torch.set_num_threads(1)
@@ -18,9 +21,14 @@ torch.set_num_threads(1)
 
 @pytest.fixture
 def tiny_set(tmp_path):
-    """16 images: one per shape category, texture = the next category (all in conflict)."""
-    pairs = [(c, CATEGORIES[(i + 1) % 16]) for i, c in enumerate(CATEGORIES)]
-    return make_cue_conflict(tmp_path / "cue-conflict", pairs)
+    """16 noise images in the cue-conflict layout: one per shape category, texture = the next one."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "cue-conflict"
+    for i, shape in enumerate(CATEGORIES):
+        (root / shape).mkdir(parents=True)
+        pixels = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / shape / f"{shape}1-{CATEGORIES[(i + 1) % 16]}1.png")
+    return root
 
 
 def runs(store):
@@ -85,33 +93,32 @@ def test_sweep_is_a_parent_with_one_child_per_level(mlflow_store, cue_conflict_d
     assert levels == {"1.0": "none", "0.2": "topk"}  # dense = sparsity none, topk 1.0
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--model", "resnet50"], "unknown model 'resnet50'; known models: alexnet, vgg16"),
-        (["--topk", "0.1,1.5"], "outside \\(0, 1\\]"),
-        (["--topk", "0"], "outside \\(0, 1\\]"),
-        (["--sparsity", "dropout"], "sparsity='dropout' is not accepted"),
-    ],
-)
-def test_bad_parameters_fail_the_run(mlflow_store, tiny_set, capsys, argv, message):
-    rc = job.main(["--weights", "random", "--data-dir", str(tiny_set), *argv])
-    assert rc == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ")
-    (run,) = runs(mlflow_store)
-    assert run.info.status == "FAILED"
-    import re
+BAD_PARAMETERS = [
+    (["--model", "resnet50"], "unknown model 'resnet50'; known models: alexnet, vgg16"),
+    (["--topk", "0.1,1.5"], r"topk='1.5' is outside \(0, 1\]"),
+    (["--topk", "0"], r"topk='0' is outside \(0, 1\]"),
+    (["--sparsity", "dropout"], "sparsity='dropout' is not accepted; choose one of: none, topk, complement"),
+]
 
-    assert re.search(message, run.data.tags[tracking.ERROR_TAG])
-    assert re.search(message, err)
+
+def test_bad_parameters_fail_the_run(mlflow_store, tiny_set, capsys):
+    client = MlflowClient(mlflow_store)
+    for argv, message in BAD_PARAMETERS:
+        rc = job.main(["--weights", "random", "--data-dir", str(tiny_set), *argv])
+        assert rc == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("error: ") and re.search(message, err), err
+        run = client.search_runs(["0"], order_by=["attributes.start_time DESC"], max_results=1)[0]
+        assert run.info.status == "FAILED"
+        assert re.search(message, run.data.tags[tracking.ERROR_TAG])
+    assert len(runs(mlflow_store)) == len(BAD_PARAMETERS)
 
 
 def test_folder_not_in_layout_fails_the_run(mlflow_store, tmp_path, capsys):
     (tmp_path / "images" / "train").mkdir(parents=True)
     rc = job.main(["--weights", "random", "--data-dir", str(tmp_path / "images")])
     assert rc == 2
-    assert "expected <shape>/<shape>N-<texture>M.png" in capsys.readouterr().err
+    assert "expected <shape>/<shape>N-<texture>M.png" in capsys.readouterr().err.splitlines()[-1]
     (run,) = runs(mlflow_store)
     assert run.info.status == "FAILED"
 

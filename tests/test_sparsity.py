@@ -128,16 +128,21 @@ def test_fast_real_activations(backend):
 
 
 @pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced"])
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced", "size1_view"])
 def test_fast_layouts(backend, layout):
     base = tied(2, 6, 10, 12, levels=4) + 0.001 * distinct(2, 6, 10, 12)
     if layout == "channels_last":
         x = base.contiguous(memory_format=torch.channels_last)
     elif layout == "transposed":
         x = base.transpose(2, 3)  # (2, 6, 12, 10), not contiguous in any format
-    else:
+    elif layout == "sliced":
         x = base[:, ::2, 1:, ::3]  # strided view
-    assert not x.is_contiguous()
+    else:
+        x = base[:1, 2:3]  # contiguous by torch's rules, with the parent's strides on size-1 dims
+        assert x.is_contiguous() and x.stride() != torch.empty(x.shape).stride()
+        x = x.expand(1, 1, 10, 12).as_strided((1, 1, 10, 12), (999, 777, 12, 1))
+        assert x.is_contiguous()
+    assert layout == "size1_view" or not x.is_contiguous()
     for mode in S.MODES:
         assert_same(lambda t: S.topk(t, 0.2, mode, backend), lambda t: S.topk_reference(t, 0.2, mode), x)
 

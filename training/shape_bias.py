@@ -132,7 +132,7 @@ def evaluate_level(cfg: dict, dense: torch.nn.Module, pixels: torch.Tensor, imag
 
     out.mkdir(parents=True, exist_ok=True)
     csv_path = sb.write_results_csv(out, subj, decisions, shape, [im.imagename for im in images])
-    label = ("RANDOM WEIGHTS " if cfg["random"] else "") + subj
+    label = subj  # carries the RANDOM-WEIGHTS suffix for random weights
     ours = DecisionMaker.from_cues(label, decisions, shape, texture, color="#1f77b4", marker="o")
     entries = [ours]
     if reference is not None:

@@ -141,17 +141,17 @@ def figure_grid(path: Path, original: np.ndarray, results: dict, scores: dict, t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 1 + len(results), figsize=(3 * (1 + len(results)), 3.6))
-    axes[0].imshow(original)
+    fig, axes = plt.subplots(1, 1 + len(results), figsize=(3 * (1 + len(results)), 3.9))
+    axes[0].imshow(original, interpolation="nearest")
     axes[0].set_title("original", fontsize=9)
     for ax, (mask, res) in zip(axes[1:], results.items()):
-        ax.imshow(res.image)
+        ax.imshow(res.image, interpolation="nearest")
         s = scores[mask]
         ax.set_title(f"{MASK_TITLES[mask]}\nSSIM {s['ssim']:.3f}  edge r {s['edge_corr']:.3f}", fontsize=9)
     for ax in axes:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

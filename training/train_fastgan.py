@@ -13,8 +13,9 @@ generator. At the end the driver logs the best FID again as the last point of ``
 iterations + 1, so the run's ``fid`` value is the best), ``fid_best_iteration``, ``fid_last``,
 a final grid and the EMA generator (``model/generator_ema.pt``).
 
-FID with Inception weights whose hash is not the official one is logged as ``fid_unverified``
-(tag ``shapebias.weights=unverified``), never as ``fid``.
+A score computed with Inception weights whose hash is not the official one, or with a feature
+size other than 2048 (``--fid-dims``, for cheap checks), is logged as ``fid_unverified`` (tag
+``shapebias.weights=unverified``, run name ending ``-unverified-fid``), never as ``fid``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Config:
     fid_weights: str = ""
     fid_protocol: str = "standard"
     fid_samples: int = 0  # 0: the protocol's sample count
+    fid_dims: int = 2048  # pytorch-fid feature size; only 2048 is FID (others: fid_unverified)
     seed: int = 0
     width: int = 64  # ngf = ndf (paper: 64)
     lr: float = 0.0002
@@ -89,6 +91,9 @@ class Config:
         for name in ("fid_every", "fid_samples"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not accepted; expected 0 (off/default) or a positive integer")
+        from shapebias.metrics.fid import check_dims
+
+        check_dims(self.fid_dims)
         if self.fid_samples == 1:
             raise ConfigError("fid_samples=1 is not accepted; FID needs at least 2 samples")
         if not self.lr > 0 or not 0 <= self.ema_decay < 1:
@@ -151,7 +156,7 @@ def train_step(G, D, opt_g, opt_d, real: torch.Tensor, recon) -> dict[str, float
     for p in D.parameters():
         p.requires_grad_(True)
     opt_g.step()
-    return {"loss_d_real": loss_real.item(), "loss_d_fake": loss_fake.item(), "loss_recon": float(loss_recon), "loss_g": loss_g.item()}
+    return {"loss_d_real": loss_real.item(), "loss_d_fake": loss_fake.item(), "loss_recon": float(loss_recon.detach()) if torch.is_tensor(loss_recon) else float(loss_recon), "loss_g": loss_g.item()}
 
 
 def build_models(cfg: Config, device) -> tuple[fg.Generator, fg.Discriminator, fg.Generator]:
@@ -224,7 +229,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         evaluator = FidEvaluator(
             data.files, cfg.im_size, resolve_weights(cfg.fid_weights or None), cfg.fid_protocol, device=device,
-            n_samples=cfg.fid_samples or None,
+            n_samples=cfg.fid_samples or None, dims=cfg.fid_dims,
         )
 
     def sample(n: int) -> torch.Tensor:
@@ -268,7 +273,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()})
         if evaluator is not None and (step % cfg.fid_every == 0 or step == cfg.iterations):
             value = evaluator(sample)
-            state["fid_history"].append((step, value))
+            state["fid_history"].append((step, value, fid_key))
             metrics[fid_key] = value
             print(f"iteration {step}: {fid_key}={value:.3f}", file=sys.stderr)
         if logger and metrics:
@@ -317,8 +322,8 @@ def check_inputs(cfg: Config) -> dict[str, str]:
         from shapebias.metrics.fid import load_inception, resolve_weights, weights_verified
 
         weights = resolve_weights(cfg.fid_weights or None)
-        load_inception(weights)  # a wrong file fails here, not after hours of training
-        verified = weights_verified(weights)
+        load_inception(weights, dims=cfg.fid_dims)  # a wrong file fails here, not after hours of training
+        verified = weights_verified(weights) and cfg.fid_dims == 2048
         tags["shapebias.fid_weights"] = "official" if verified else "unverified"
         tags[tracking.WEIGHTS_TAG] = "pretrained" if verified else "unverified"
     else:
@@ -370,7 +375,7 @@ def run(cfg: Config, run_id: str | None = None) -> str:
         fid_key = "fid" if tags.get("shapebias.fid_weights") in ("official", "none") else "fid_unverified"
         if fid_key != "fid":
             tags["mlflow.runName"] = cfg.run_name() + "-unverified-fid"
-            print("warning: the Inception weights are not the official file; FID is logged as fid_unverified", file=sys.stderr)
+            print("warning: the Inception weights are not the official file (or fid_dims != 2048); the score is logged as fid_unverified", file=sys.stderr)
         mlflow.set_tags(tags)
 
         env_vars = tracking.worker_env()
@@ -416,12 +421,15 @@ def log_final(cfg: Config, state: dict[str, Any], fid_key: str) -> dict[str, flo
     import mlflow
 
     summary: dict[str, float] = {}
-    history = state.get("fid_history") or []
-    if history:
+    # Each evaluation keeps the key it was logged under: a run resumed with other FID settings
+    # never promotes an unverified score to `fid`.
+    for key in dict.fromkeys(k for _, _, k in state.get("fid_history") or []):
+        history = [(s, v) for s, v, k in state["fid_history"] if k == key]
         best_step, best = min(history, key=lambda t: t[1])
-        summary = {fid_key: best, f"{fid_key}_best_iteration": float(best_step), f"{fid_key}_last": history[-1][1]}
-        mlflow.log_metric(fid_key, best, step=int(state["iteration"]) + 1)
-        mlflow.log_metrics({k: v for k, v in summary.items() if k != fid_key}, step=int(state["iteration"]))
+        part = {key: best, f"{key}_best_iteration": float(best_step), f"{key}_last": history[-1][1]}
+        mlflow.log_metric(key, best, step=int(state["iteration"]) + 1)
+        mlflow.log_metrics({k: v for k, v in part.items() if k != key}, step=int(state["iteration"]))
+        summary.update(part)
     G_ema = fg.Generator(cfg.im_size, cfg.width, sparsity=cfg.sparsity, topk=cfg.topk, noise_injection=cfg.noise_injection)
     G_ema.load_state_dict(state["G_ema"])
     G_ema.eval()
@@ -464,6 +472,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fid-weights", default=d.fid_weights, help="pytorch-fid Inception weights file (default: hub cache)")
     p.add_argument("--fid-protocol", default=d.fid_protocol, help="standard | authors")
     p.add_argument("--fid-samples", type=_number(int), default=d.fid_samples, help="0 = the protocol's count")
+    p.add_argument("--fid-dims", type=_number(int), default=d.fid_dims, help="2048 (FID) | 768 | 192 | 64 (checks only)")
     p.add_argument("--seed", type=_number(int), default=d.seed)
     p.add_argument("--width", type=_number(int), default=d.width, help="channel width ngf = ndf (paper: 64)")
     p.add_argument("--lr", type=_number(float), default=d.lr)

@@ -9,7 +9,13 @@ Li et al. (2023) used four 100-image sets taken from ImageNet classes: jeep and 
 downloaded without an account, so :func:`prepare_from_imagenet` builds a set from a user's
 ImageNet training folder (``<root>/<wnid>/*.JPEG``): the files named in a list when there is one
 (``--files``), else 100 files chosen with a fixed seed. :data:`FEW_SHOT_SOURCES` records what is
-known about each set.
+known about each set, with the content checksums of jeep and fish (computed from shared/) so
+that a rebuilt copy can be checked (:func:`verify`). No public archive of these sets is known to
+the project, so they are not in ``shapebias.data.fetch.SOURCES``.
+
+    python -m shapebias.data.few_shot list
+    python -m shapebias.data.few_shot prepare jeep --imagenet-train /data/imagenet/train [--files list.txt]
+    python -m shapebias.data.few_shot verify jeep PATH
 """
 
 from __future__ import annotations
@@ -33,14 +39,17 @@ class FewShotSource:
     wnid: str | None  # ImageNet class (None: not stated by the authors; pass it explicitly)
     description: str
     count: int = 100
+    tree_sha256: str | None = None  # content checksum (shapebias.data.fetch.tree_digest) of the set
 
 
 # The four sets of Li et al. (2023), Table 2 of the seed report. The jeep and fish classes are
 # read from the file names of the sets in shared/ (n03594945 "jeep, landrover"; n01440764
 # "tench"); the paper does not name the ImageNet classes of "train" and "table".
 FEW_SHOT_SOURCES: dict[str, FewShotSource] = {
-    "jeep": FewShotSource("jeep", "n03594945", "ImageNet 'jeep, landrover', 100 training images"),
-    "fish": FewShotSource("fish", "n01440764", "ImageNet 'tench', 100 training images"),
+    "jeep": FewShotSource("jeep", "n03594945", "ImageNet 'jeep, landrover', 100 training images",
+                          tree_sha256="7a53689881c647476ffe7699b15050349aba95c9a90ed23cd2814c3ec7a97d79"),
+    "fish": FewShotSource("fish", "n01440764", "ImageNet 'tench', 100 training images",
+                          tree_sha256="50baaf43770806dffc60972ce45eb84699451471fd852c7b92548c378f9d98cf"),
     "train": FewShotSource("train", None, "ImageNet train class (class not named by the authors)"),
     "table": FewShotSource("table", None, "ImageNet table class (class not named by the authors)"),
 }
@@ -151,3 +160,61 @@ def prepare_from_imagenet(
     for fname in chosen:
         shutil.copy2(class_dir / fname, out / fname)
     return out
+
+
+def verify(name: str, path: str | Path) -> Path:
+    """Check a copy of a set against its registered content checksum (DataError on mismatch)."""
+    from shapebias.data.fetch import tree_digest
+
+    source = FEW_SHOT_SOURCES.get(name)
+    if source is None:
+        raise ConfigError(f"unknown few-shot set {name!r}; known: {', '.join(FEW_SHOT_SOURCES)}")
+    list_images(path)
+    if source.tree_sha256 is None:
+        raise DataError(f"no checksum is registered for few-shot set {name!r}; nothing to verify against")
+    digest, count = tree_digest(path)
+    if digest != source.tree_sha256:
+        raise DataError(f"{path} ({count} files, checksum {digest}) is not the registered {name} set ({source.tree_sha256})")
+    return Path(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from shapebias.settings import data_home
+
+    parser = argparse.ArgumentParser(prog="python -m shapebias.data.few_shot", description="the few-shot sets of Li et al. (2023)")
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list")
+    p = sub.add_parser("prepare", help="build a set from an ImageNet training folder")
+    p.add_argument("name")
+    p.add_argument("--imagenet-train", required=True, help="ImageNet train root (<root>/<wnid>/*.JPEG)")
+    p.add_argument("--dest", default="", help="parent folder (default $SHAPEBIAS_DATA_HOME/few-shot)")
+    p.add_argument("--wnid", default=None)
+    p.add_argument("--files", default="", help="a text file listing the file names to take")
+    p.add_argument("--seed", type=int, default=0)
+    v = sub.add_parser("verify")
+    v.add_argument("name")
+    v.add_argument("path")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "list":
+            for s in FEW_SHOT_SOURCES.values():
+                print(f"{s.name}: {s.description}; wnid {s.wnid or '(pass --wnid)'}; checksum {s.tree_sha256 or '-'}")
+        elif args.action == "prepare":
+            files = Path(args.files).read_text().split() if args.files else None
+            out = prepare_from_imagenet(args.name, args.imagenet_train, args.dest or data_home() / "few-shot",
+                                        args.wnid, files, seed=args.seed)
+            print(f"{args.name}: {out}\ntrain with: mlflow run . -e train_fastgan -P data_dir={out}")
+        else:
+            verify(args.name, args.path)
+            print(f"{args.name}: {args.path} matches the registered checksum")
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -117,9 +117,23 @@ def _inception_state_from(load: Callable[..., dict]) -> Iterator[None]:
         inception_mod.load_state_dict_from_url = original
 
 
-def load_inception(weights: str | os.PathLike, device: str | torch.device = "cpu", normalize_input: bool = True):
-    """pytorch-fid's ``InceptionV3`` (pool3 features) with the weights in ``weights``."""
+def check_dims(dims) -> int:
     from pytorch_fid.inception import InceptionV3
+
+    check_choice("fid_dims", dims, tuple(InceptionV3.BLOCK_INDEX_BY_DIM))
+    return int(dims)
+
+
+def load_inception(weights: str | os.PathLike, device: str | torch.device = "cpu", normalize_input: bool = True,
+                   dims: int = DIMS):
+    """pytorch-fid's ``InceptionV3`` with the weights in ``weights``.
+
+    ``dims`` picks pytorch-fid's feature block: 2048 (pool3, the FID) or 64/192/768 (earlier
+    blocks; cheap, for tests and pipeline checks only).
+    """
+    from pytorch_fid.inception import InceptionV3
+
+    dims = check_dims(dims)
 
     def load(url, **_kwargs):
         try:
@@ -129,9 +143,10 @@ def load_inception(weights: str | os.PathLike, device: str | torch.device = "cpu
 
     with _inception_state_from(load):
         try:
-            model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[DIMS]], normalize_input=normalize_input)
+            model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[dims]], normalize_input=normalize_input)
         except RuntimeError as exc:  # state dict does not fit the architecture
             raise WeightsError(f"{weights} is not a pytorch-fid Inception state dict: {str(exc)[:300]}") from None
+    model.fid_dims = dims
     return model.eval().to(device)
 
 
@@ -205,14 +220,15 @@ def write_reference(files: Iterable[Path], size: int, folder: str | Path, protoc
 
 
 def statistics(files: list[Path], model, protocol: FidProtocol, batch_size: int = 50, device="cpu"):
-    """Mean and covariance of pool3 activations of image files (pytorch-fid's code)."""
+    """Mean and covariance of the model's activations on image files (pytorch-fid's code)."""
     from pytorch_fid.fid_score import calculate_activation_statistics
 
+    dims = getattr(model, "fid_dims", DIMS)
     if len(files) < 2:
         raise ConfigError(f"FID needs at least 2 images per set, got {len(files)}")
     if protocol.input_range == "[0,1]":
         return calculate_activation_statistics(
-            [str(f) for f in files], model, min(batch_size, len(files)), DIMS, device, num_workers=0
+            [str(f) for f in files], model, min(batch_size, len(files)), dims, device, num_workers=0
         )
     # FastGAN's benchmarking script: ToTensor then Normalize(0.5, 0.5) -> [-1, 1], fed to an
     # Inception built with normalize_input=False. Wrap the model so that pytorch-fid's loader
@@ -220,7 +236,7 @@ def statistics(files: list[Path], model, protocol: FidProtocol, batch_size: int 
     if getattr(model, "normalize_input", True):
         raise ConfigError("the authors' protocol needs an Inception built with normalize_input=False")
     return calculate_activation_statistics(
-        [str(f) for f in files], _MinusOneToOne(model), min(batch_size, len(files)), DIMS, device, num_workers=0
+        [str(f) for f in files], _MinusOneToOne(model), min(batch_size, len(files)), dims, device, num_workers=0
     )
 
 
@@ -239,10 +255,11 @@ def frechet_distance(stats_a, stats_b) -> float:
     return float(calculate_frechet_distance(stats_a[0], stats_a[1], stats_b[0], stats_b[1]))
 
 
-def fid_of_folders(folder_a, folder_b, weights, protocol: str | FidProtocol = "standard", device="cpu") -> float:
+def fid_of_folders(folder_a, folder_b, weights, protocol: str | FidProtocol = "standard", device="cpu",
+                   dims: int = DIMS) -> float:
     """FID between two folders of same-size PNG/JPEG images."""
     proto = protocol if isinstance(protocol, FidProtocol) else get_protocol(protocol)
-    model = load_inception(weights, device, normalize_input=proto.input_range == "[0,1]")
+    model = load_inception(weights, device, normalize_input=proto.input_range == "[0,1]", dims=dims)
     ext = (".png", ".jpg", ".jpeg")
     files = [sorted(p for p in Path(f).iterdir() if p.suffix.lower() in ext) for f in (folder_a, folder_b)]
     return frechet_distance(statistics(files[0], model, proto, device=device), statistics(files[1], model, proto, device=device))
@@ -255,12 +272,12 @@ class FidEvaluator:
     """
 
     def __init__(self, reference_files: list[Path], im_size: int, weights, protocol: str | FidProtocol,
-                 device="cpu", n_samples: int | None = None, batch_size: int = 50) -> None:
+                 device="cpu", n_samples: int | None = None, batch_size: int = 50, dims: int = DIMS) -> None:
         self.protocol = protocol if isinstance(protocol, FidProtocol) else get_protocol(protocol)
         self.n_samples = int(n_samples or self.protocol.n_samples)
         self.device = device
         self.batch_size = batch_size
-        self.model = load_inception(weights, device, normalize_input=self.protocol.input_range == "[0,1]")
+        self.model = load_inception(weights, device, normalize_input=self.protocol.input_range == "[0,1]", dims=dims)
         self._tmp = tempfile.TemporaryDirectory(prefix="shapebias-fid-")
         ref = write_reference(reference_files, im_size, Path(self._tmp.name) / "reference", self.protocol)
         self.reference = statistics(ref, self.model, self.protocol, batch_size, device)

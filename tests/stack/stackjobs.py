@@ -33,8 +33,10 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 def train_entrypoint(run_id: str, train_args: str, epochs: int) -> str:
     from shapebias_local_stack import CHECKPOINTS_URI
 
+    # SHAPEBIAS_STACK_TRAIN_ENTRY runs the suite against another build of the job.
+    entry = os.environ.get("SHAPEBIAS_STACK_TRAIN_ENTRY", "python -m training.train_resnet")
     return (
-        f"python -m training.train_resnet --run-id {run_id} --epochs {epochs} {train_args} "
+        f"{entry} --run-id {run_id} --epochs {epochs} {train_args} "
         f"--storage-path {CHECKPOINTS_URI}"
     )
 

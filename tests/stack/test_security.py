@@ -46,6 +46,15 @@ def test_requests_without_credentials_get_401(stack, method, path, body):
     assert _get(url, auth=("shapebias", "wrong-password"), method=method, body=body) == 401
 
 
+def test_ray_jobs_api_wants_the_token(stack):
+    url = stack.jobs_address + "/api/jobs/"
+    assert _get(url) == 401
+    token = stack.secrets["RAY_AUTH_TOKEN"]
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert r.status == 200
+
+
 def test_credentials_work_and_jobs_are_not_admin(stack):
     runner = (stack.job_env()["MLFLOW_TRACKING_USERNAME"], stack.job_env()["MLFLOW_TRACKING_PASSWORD"])
     assert _get(stack.tracking_uri + "/api/2.0/mlflow/experiments/search?max_results=1", auth=runner) == 200

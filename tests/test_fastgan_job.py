@@ -1,0 +1,109 @@
+"""The train_fastgan job: bad input fails the run with a clear message; a tiny run logs losses,
+FID curve, sample grids and the generator, and resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training import train_fastgan
+
+
+@pytest.fixture
+def tiny_set(tmp_path):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        img = np.zeros((48, 56, 3), np.uint8)
+        img[:] = rng.integers(0, 255, 3)
+        img[8 + i: 30 + i, 10:40] = rng.integers(0, 255, 3)
+        Image.fromarray(img).save(folder / f"{i}.png")
+    return folder
+
+
+def _args(data_dir, tmp_path, **overrides):
+    opts = {"data-dir": str(data_dir), "im-size": 64, "iterations": 2, "batch-size": 2, "width": 8,
+            "recon-loss": "l1", "fid-every": 0, "noise-injection": "true", "checkpoint-every": 1,
+            "storage-path": str(tmp_path / "ray")}
+    opts.update(overrides)
+    return [x for k, v in opts.items() for x in (f"--{k}", str(v))]
+
+
+def _only_run():
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"data-dir": "MISSING"}, "does not exist"),
+        ({"data-dir": "EMPTY"}, "holds no images"),
+        ({"im-size": 100}, "im_size=100 is not supported"),
+        ({"im-size": "6.0e1"}, None),  # MLflow may pass 64 as a float: accepted (fails later on purpose below)
+        ({"fid-every": 1}, "pt_inception-2015-12-05-6726825d.pth"),
+        ({"recon-loss": "lpips"}, "vgg16-397923af.pth"),
+        ({"noise-injection": "maybe"}, "choose true or false"),
+        ({"sparsity": "topk", "topk": 1.5}, "topk=1.5 is outside"),
+    ],
+)
+def test_bad_input_fails_the_run(mlflow_store, tmp_path, tiny_set, monkeypatch, capsys, overrides, message):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    (tmp_path / "empty").mkdir()
+    data = {"MISSING": tmp_path / "missing", "EMPTY": tmp_path / "empty"}.get(overrides.get("data-dir"), tiny_set)
+    overrides = {**overrides, "data-dir": data}
+    if message is None:  # the float-as-text size parses; make the run fail on a missing folder instead
+        overrides["data-dir"] = tmp_path / "missing"
+        message = "does not exist"
+    assert train_fastgan.main(_args(data, tmp_path, **overrides)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err, err
+    _, run = _only_run()
+    assert run.info.status == "FAILED"
+    assert message in run.data.tags["shapebias.error"]
+    assert run.data.tags["shapebias.task"] == "train_fastgan"
+
+
+@pytest.mark.slow
+def test_tiny_run_logs_everything_and_resumes(mlflow_store, tmp_path, tiny_set, capsys):
+    import ray
+
+    from shapebias.metrics.fid import write_random_inception_weights
+
+    weights = write_random_inception_weights(tmp_path / "random_inception.pth")
+    fid_opts = {"fid-every": 2, "fid-weights": weights, "fid-samples": 4, "fid-dims": 64}
+    try:
+        assert train_fastgan.main(_args(tiny_set, tmp_path, **fid_opts)) == 0
+        client, run = _only_run()
+        rid = run.info.run_id
+        assert run.info.status == "FINISHED"
+        p = run.data.params
+        assert (p["dataset"], p["sparsity"], p["topk"], p["noise_injection"], p["recon_loss"]) == ("tiny", "topk", "0.05", "true", "l1")
+        assert p["fid_protocol"] == "standard" and p["fid_protocol.n_samples"] == "5000" and p["seed"] == "0"
+        # random Inception weights: never logged as `fid`
+        assert "fid" not in run.data.metrics and "fid_unverified" in run.data.metrics
+        assert run.data.tags["shapebias.weights"] == "unverified" and run.info.run_name.endswith("-unverified-fid")
+        assert [m.step for m in client.get_metric_history(rid, "loss_g")] == [1, 2]
+        curve = client.get_metric_history(rid, "fid_unverified")
+        assert [m.step for m in curve] == [2, 3]  # the evaluation, then the best as the last point
+        arts = {a.path for d in ("samples", "model") for a in client.list_artifacts(rid, d)}
+        assert {"samples/iter_000001.png", "samples/iter_000002.png", "samples/final.png", "model/generator_ema.pt"} <= arts
+        assert (tmp_path / "ray" / rid).is_dir()
+        assert rid in capsys.readouterr().out
+
+        # resume the same run with more iterations: continues from the checkpoint of iteration 2
+        assert train_fastgan.main(_args(tiny_set, tmp_path, iterations=3, **{"run-id": rid})) == 0
+        client, run = _only_run()
+        assert run.data.tags["shapebias.resumed_from_iteration"] == "2"
+        assert [m.step for m in client.get_metric_history(rid, "loss_g")] == [1, 2, 3]
+        state = torch.load(client.download_artifacts(rid, "model/generator_ema.pt"), weights_only=False)
+        assert state["iteration"] == 3
+    finally:
+        ray.shutdown()
