@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small sizes and few repeats (about a minute or two)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per Top-K case (default 7; quick 3)")
+    p.add_argument("--topk-shapes", default=None, help="Top-K shapes, e.g. 32x128x56x56,8x64x28x28 (default the issue's two)")
+    p.add_argument("--topk-ks", default=None, help="Top-K fractions, e.g. 0.2 (default 0.05,0.2)")
     p.add_argument("--step-repeats", type=int, default=None, help="timed repeats per training-step variant (default 5; quick 2)")
     p.add_argument("--step-image-size", type=int, default=None, help="training-step input size (default 224; quick 64)")
     p.add_argument("--step-batch", type=int, default=None, help="training-step batch size (default 4; quick 4)")
@@ -77,10 +79,10 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 def topk_table(rows: list[dict]) -> str:
     return table(
         ["device", "shape", "k", "mode", "dtype", "ReLU ms", "direct ms", "fast ms", "direct/ReLU", "fast/ReLU",
-         "fast vs direct", "peak MB ReLU/direct/fast"],
+         "fast/ReLU (min)", "fast vs direct", "peak MB ReLU/direct/fast"],
         [[r["device"], r["shape"], r["k"], r["mode"], r["dtype"] + (" cl" if r["channels_last"] else ""),
           fmt(r["relu_ms"]), fmt(r["direct_ms"]), fmt(r["fast_ms"]), fmt(r["direct_over_relu"], 2) + "x",
-          fmt(r["fast_over_relu"], 2) + "x", fmt(r["speedup_vs_direct"], 2) + "x faster",
+          fmt(r["fast_over_relu"], 2) + "x", fmt(r.get("fast_over_relu_min"), 2) + "x", fmt(r["speedup_vs_direct"], 2) + "x faster",
           "/".join(fmt(r.get(f"{n}_peak_mb"), 0) for n in ("relu", "direct", "fast"))] for r in rows],
     )
 
@@ -108,7 +110,7 @@ def goals(result: dict) -> list[dict]:
             and r["k"] == 0.2 and r["mode"] == "topk" and r["dtype"] == "float32" and not r["channels_last"]]
     if topk:
         r = topk[0]
-        out.append({"goal": "Top-K fwd+bwd <= 2x ReLU at (32,128,56,56), k=0.2, CPU", "measured": f"{r['fast_over_relu']:.2f}x (direct {r['direct_over_relu']:.2f}x)", "met": r["fast_over_relu"] <= 2.0})
+        out.append({"goal": "Top-K fwd+bwd <= 2x ReLU at (32,128,56,56), k=0.2, CPU", "measured": f"{r['fast_over_relu']:.2f}x median, {r.get('fast_over_relu_min', float('nan')):.2f}x of the fastest runs (direct {r['direct_over_relu']:.2f}x)", "met": r["fast_over_relu"] <= 2.0})
     for spec in ("code", "paper"):
         s = [r for r in result.get("step", []) if r["device"] == "cpu" and r["options"] == "plain" and r["spec"] == spec and r["variant"] == "topk"]
         if s:
@@ -171,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import bench_topk
 
         log("Top-K forward+backward ...")
-        result["topk"] = bench_topk.run(q, args.repeats or (3 if q else 7), devices, progress=log)
+        shapes = [tuple(int(v) for v in sh.split("x")) for sh in args.topk_shapes.split(",")] if args.topk_shapes else None
+        ks = [float(v) for v in args.topk_ks.split(",")] if args.topk_ks else None
+        result["topk"] = bench_topk.run(q, args.repeats or (3 if q else 7), devices, progress=log, shapes=shapes, ks=ks)
     if "step" in args.sections:
         from benchmarks import bench_step
 

@@ -453,13 +453,16 @@ class _MeanPass(torch.autograd.Function):
         count = torch.tensor(float(keep), dtype=x.dtype, device=x.device)
         mean = kept.sum(dim=(2, 3), keepdim=True) / count
         ctx.save_for_backward(mask, count)
-        return mean * mask
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        return torch.where(mask, mean, zero)  # = mean * mask (a where is cheaper than a bool multiply)
 
     @staticmethod
     def backward(ctx, grad_out):
         mask, count = ctx.saved_tensors
+        zero = torch.zeros((), dtype=grad_out.dtype, device=grad_out.device)
+        # the product (not a where) for the sum: same layout, so same summation order, as the definition
         grad_mean = (grad_out * mask).sum(dim=(2, 3), keepdim=True) / count
-        return grad_mean * mask, None, None
+        return torch.where(mask, grad_mean, zero), None, None
 
 
 def topk(x: torch.Tensor, k: float, mode: str = "topk", backend: str | None = None) -> torch.Tensor:

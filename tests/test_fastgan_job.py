@@ -47,7 +47,7 @@ def _only_run():
         ({"data-dir": "MISSING"}, "does not exist"),
         ({"data-dir": "EMPTY"}, "holds no images"),
         ({"im-size": 100}, "im_size=100 is not supported"),
-        ({"im-size": "6.0e1"}, None),  # MLflow may pass 64 as a float: accepted (fails later on purpose below)
+        ({"im-size": "64.0"}, None),  # MLflow may pass 64 as "64.0": accepted (fails later on purpose below)
         ({"fid-every": 1}, "pt_inception-2015-12-05-6726825d.pth"),
         ({"recon-loss": "lpips"}, "vgg16-397923af.pth"),
         ({"noise-injection": "maybe"}, "choose true or false"),
@@ -64,7 +64,8 @@ def test_bad_input_fails_the_run(mlflow_store, tmp_path, tiny_set, monkeypatch, 
         message = "does not exist"
     assert train_fastgan.main(_args(data, tmp_path, **overrides)) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error:") and message in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], err
     _, run = _only_run()
     assert run.info.status == "FAILED"
     assert message in run.data.tags["shapebias.error"]

@@ -60,7 +60,7 @@ class Config:
     data_dir: str = ""
     stylized_dir: str = ""
     class_list: str = ""
-    epochs: int = 4
+    epochs: int = 6
     batch_size: int = 32
     lr: float = 0.05
     seed: int = 0

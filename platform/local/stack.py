@@ -720,7 +720,7 @@ class Stack:
         self.say(f"starting the local stack in {self.root}")
         for name in SERVICES:
             self.start(name)
-        self.say(f"stack up in {time.monotonic() - t0:.0f} s; `{Path(sys.argv[0]).name} env` prints the client settings")
+        self.say(f"stack up in {time.monotonic() - t0:.0f} s; `platform/local/stack.py env` prints the client settings")
 
     def down(self) -> list[int]:
         """Stop every service, then every other process that carries the marker; returns what
