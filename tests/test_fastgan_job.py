@@ -47,11 +47,7 @@ def _only_run():
         ({"data-dir": "MISSING"}, "does not exist"),
         ({"data-dir": "EMPTY"}, "holds no images"),
         ({"im-size": 100}, "im_size=100 is not supported"),
-        ({"im-size": "64.0"}, None),  # MLflow may pass 64 as "64.0": accepted (fails later on purpose below)
         ({"fid-every": 1}, "pt_inception-2015-12-05-6726825d.pth"),
-        ({"recon-loss": "lpips"}, "vgg16-397923af.pth"),
-        ({"noise-injection": "maybe"}, "choose true or false"),
-        ({"sparsity": "topk", "topk": 1.5}, "topk=1.5 is outside"),
     ],
 )
 def test_bad_input_fails_the_run(mlflow_store, tmp_path, tiny_set, monkeypatch, capsys, overrides, message):
@@ -59,9 +55,6 @@ def test_bad_input_fails_the_run(mlflow_store, tmp_path, tiny_set, monkeypatch, 
     (tmp_path / "empty").mkdir()
     data = {"MISSING": tmp_path / "missing", "EMPTY": tmp_path / "empty"}.get(overrides.get("data-dir"), tiny_set)
     overrides = {**overrides, "data-dir": data}
-    if message is None:  # the float-as-text size parses; make the run fail on a missing folder instead
-        overrides["data-dir"] = tmp_path / "missing"
-        message = "does not exist"
     assert train_fastgan.main(_args(data, tmp_path, **overrides)) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
@@ -70,6 +63,33 @@ def test_bad_input_fails_the_run(mlflow_store, tmp_path, tiny_set, monkeypatch, 
     assert run.info.status == "FAILED"
     assert message in run.data.tags["shapebias.error"]
     assert run.data.tags["shapebias.task"] == "train_fastgan"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"noise-injection": "maybe"}, "choose true or false"),
+        ({"topk": 1.5}, "topk=1.5 is outside"),
+        ({"sparsity": "complement"}, "sparsity='complement' is not accepted"),
+        ({"fid-protocol": "best"}, "standard, authors"),
+        ({"iterations": 0}, "iterations=0"),
+        ({"fid-dims": 100}, "fid_dims"),
+        ({"batch-size": "many"}, "batch_size='many' is not a number"),
+    ],
+)
+def test_bad_parameters_are_config_errors(tmp_path, overrides, message):
+    from shapebias.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        args = train_fastgan.parser().parse_args(_args(tmp_path, tmp_path, **overrides))
+        train_fastgan.config_from_args(args).validate()
+
+
+def test_numbers_as_mlflow_passes_them(tmp_path):
+    args = train_fastgan.parser().parse_args(_args(tmp_path, tmp_path, **{"im-size": "64.0", "iterations": "20.0", "topk": "0.15"}))
+    cfg = train_fastgan.config_from_args(args).validate()
+    assert (cfg.im_size, cfg.iterations, cfg.topk, cfg.noise_injection) == (64, 20, 0.15, True)
+    assert cfg.dataset == tmp_path.name and cfg.params()["noise_injection"] == "true"
 
 
 @pytest.mark.slow

@@ -482,8 +482,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _unquote(text):
+    """MLflow shell-quotes string params; an empty one may arrive as the two characters ''."""
+    return "" if isinstance(text, str) and text.strip() in ("''", '""') else text
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
-    values = vars(args)
+    values = {k: _unquote(v) for k, v in vars(args).items()}
     cfg = Config(**{f.name: values[f.name] for f in dataclasses.fields(Config) if f.name in values})
     cfg.noise_injection = parse_bool("noise_injection", args.noise_injection)
     return cfg
