@@ -214,16 +214,16 @@ static void radix_select(const uint32_t *u, int64_t n, int64_t keep, uint32_t *b
   *need_out = remaining;
 }
 
-/* out = pass ? g : 0 over `numel` elements of dense tensors with identical strides. */
+/* out = g * pass (as the definition's backward) over `numel` elements of dense tensors with identical strides. */
 void shapebias_mask_mul_f32(const float *g, const uint8_t *pass, float *out, int64_t numel,
                             int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t i = 0; i < numel; ++i) out[i] = pass[i] ? g[i] : 0.0f;
+  for (int64_t i = 0; i < numel; ++i) out[i] = g[i] * (float)pass[i];
 }
 
 /* For each of the `rows` (n, c) rows (row r starts at (r / C) * sN + (r % C) * sC; its n
  * positions are `ss` elements apart, in x, out and pass alike): pass = kept (or dropped when
- * `complement`), out = pass ? x : 0 (skipped when out is NULL). Ties: lowest index first. */
+ * `complement`), out = x * pass (skipped when out is NULL). Ties: lowest index first. */
 int shapebias_topk_f32(const float *x, float *out, uint8_t *pass, int64_t rows, int64_t C,
                        int64_t sN, int64_t sC, int64_t ss, int64_t n, int64_t keep,
                        int complement, int threads) {
@@ -255,7 +255,7 @@ int shapebias_topk_f32(const float *x, float *out, uint8_t *pass, int64_t rows, 
         for (int64_t i = 0; i < n; ++i) mr[i] = (uint8_t)(u[i] >= t) ^ flip;
         if (out) {
           float *orow = out + base;
-          for (int64_t i = 0; i < n; ++i) orow[i] = mr[i] ? xr[i] : 0.0f;
+          for (int64_t i = 0; i < n; ++i) orow[i] = xr[i] * (float)mr[i]; /* branch-free: masks are random */
         }
       } else if (out) {
         float *orow = out + base;
@@ -265,7 +265,7 @@ int shapebias_topk_f32(const float *x, float *out, uint8_t *pass, int64_t rows, 
           need -= tie;
           const uint8_t p = (uint8_t)((v > t) | tie) ^ flip;
           mr[i * ss] = p;
-          orow[i * ss] = p ? xr[i * ss] : 0.0f;
+          orow[i * ss] = xr[i * ss] * (float)p; /* x * mask, as the definition */
         }
       } else {
         for (int64_t i = 0; i < n; ++i) {

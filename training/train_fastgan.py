@@ -331,28 +331,6 @@ def check_inputs(cfg: Config) -> dict[str, str]:
     return tags
 
 
-def _init_ray(env_vars: dict[str, str]) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    # A local node gives its raylet a fixed 30 s to register; on a busy machine that can be too
-    # short, so a failed start is retried a few times.
-    attempts = int(os.environ.get("SHAPEBIAS_RAY_START_ATTEMPTS", "3") or 3)
-    for attempt in range(1, attempts + 1):
-        try:
-            ray.init(runtime_env={"env_vars": env_vars}, include_dashboard=False, log_to_driver=True)
-            return
-        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception on a slow start
-            if "timed out during startup" not in str(exc) or attempt == attempts:
-                raise
-            print(f"Ray did not start in time (attempt {attempt}/{attempts}); retrying", file=sys.stderr)
-            ray.shutdown()
-
-
 def run(cfg: Config, run_id: str | None = None) -> str:
     """Run (or resume) one FastGAN job; returns the MLflow run id."""
     import mlflow
@@ -361,6 +339,7 @@ def run(cfg: Config, run_id: str | None = None) -> str:
     from ray.train.torch import TorchTrainer
 
     from shapebias import tracking
+    from training.raytools import init_ray, storage_location
     from shapebias.metrics.fid import get_protocol
 
     params = cfg.params()
@@ -379,17 +358,17 @@ def run(cfg: Config, run_id: str | None = None) -> str:
         mlflow.set_tags(tags)
 
         env_vars = tracking.worker_env()
-        _init_ray(env_vars)
+        init_ray(env_vars)
         use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
         mlflow.set_tag("shapebias.device", f"{'cuda' if use_gpu else 'cpu'} x1 ray worker")
-        storage = Path(cfg.storage_path or Path.cwd() / ".ray_results").resolve()
+        storage = storage_location(cfg.storage_path)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"cfg": dataclasses.asdict(cfg), "run_ref": tracking.current_ref(), "fid_key": fid_key},
             scaling_config=ScalingConfig(num_workers=1, use_gpu=use_gpu),
             run_config=RunConfig(
                 name=run_id,
-                storage_path=str(storage),
+                storage_path=storage,
                 failure_config=FailureConfig(max_failures=int(os.environ.get("SHAPEBIAS_MAX_FAILURES", "0") or 0)),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
                 worker_runtime_env={"env_vars": env_vars},
@@ -407,11 +386,11 @@ def run(cfg: Config, run_id: str | None = None) -> str:
         with result.checkpoint.as_directory() as d:
             state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
         summary = log_final(cfg, state, fid_key)
-        mlflow.set_tag("shapebias.checkpoint_dir", str(storage / run_id))
+        mlflow.set_tag("shapebias.checkpoint_dir", f"{storage}/{run_id}")
     print(f"\nrun {run_id} finished ({cfg.run_name()}), {state['iteration']} iterations")
     for key, value in summary.items():
         print(f"  {key:<20} {value:.4g}")
-    print(f"  checkpoints          {storage / run_id}")
+    print(f"  checkpoints          {storage}/{run_id}")
     print(f"  open the UI:         {tracking.ui_command()}")
     return run_id
 

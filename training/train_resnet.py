@@ -222,6 +222,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     logger = MetricLogger(config["run_ref"]) if rank == 0 and config.get("run_ref") else None
     torch.manual_seed(cfg.seed)
+    torch.set_num_threads(int(config.get("threads", 1)))
     device = ray.train.torch.get_device()
 
     data = build_data(cfg)
@@ -316,36 +317,15 @@ def _user_error(exc: BaseException) -> ShapebiasError | None:
     return None
 
 
-def _init_ray(env_vars: dict[str, str]) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()  # a cluster (Ray Jobs API, the local stack, KubeRay): runtime env per worker below
-        return
-    for attempt in range(3):  # a busy machine can miss Ray's fixed 30 s start-up deadline: try again
-        try:
-            ray.init(runtime_env={"env_vars": env_vars}, include_dashboard=False, log_to_driver=True)
-            return
-        except Exception as exc:
-            if "timed out during startup" not in str(exc) or attempt == 2:
-                raise
-            print(f"Ray did not start in time ({exc}); retrying", file=sys.stderr)
-            ray.shutdown()
-
-
 def _sample_grid(data: dict[str, Dataset], per_split: int = 10):
     """A picture of the synthetic splits (one row per test split) for the run's artifacts."""
     import numpy as np
 
-    rows = []
-    for name in ("train", "original", "stylized", "cue_conflict"):
-        split = data.get(name)
-        if split is None or not hasattr(split, "images"):
-            return None
-        imgs = split.images[:per_split].numpy().transpose(0, 2, 3, 1)
-        rows.append(np.concatenate(list(imgs), axis=1))
+    splits = [data.get(name) for name in ("train", "original", "stylized", "cue_conflict")]
+    if any(split is None or not hasattr(split, "images") for split in splits):
+        return None
+    n = min(per_split, *(len(split.images) for split in splits))  # rows of equal width
+    rows = [np.concatenate(list(split.images[:n].numpy().transpose(0, 2, 3, 1)), axis=1) for split in splits]
     return np.concatenate(rows, axis=0)
 
 
@@ -357,6 +337,7 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
     from ray.train.torch import TorchTrainer
 
     from shapebias import tracking
+    from training.raytools import init_ray, storage_location
 
     params = dataclasses.asdict(cfg)
     new_run = run_id is None and not os.environ.get("MLFLOW_RUN_ID")
@@ -377,18 +358,25 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
         del data
 
         env_vars = tracking.worker_env()
-        _init_ray(env_vars)
+        init_ray(env_vars)
         use_gpu = ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
         mlflow.set_tag("shapebias.device", f"{'cuda' if use_gpu else 'cpu'} x{cfg.num_workers} ray workers")
-        storage = Path(cfg.storage_path or Path.cwd() / ".ray_results").resolve()
+        storage = storage_location(cfg.storage_path)
+        # Ray gives a worker one CPU (and OMP_NUM_THREADS=1); on a CPU-only local run, share the cores out.
+        local_cpu = not use_gpu and not os.environ.get("RAY_ADDRESS")
+        threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.num_workers) if local_cpu else 1
         sleep = epoch_sleep if epoch_sleep is not None else float(os.environ.get("SHAPEBIAS_EPOCH_SLEEP", "0") or 0)
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"cfg": dataclasses.asdict(cfg), "run_ref": tracking.current_ref(), "epoch_sleep": sleep},
-            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu),
+            train_loop_config={
+                "cfg": dataclasses.asdict(cfg), "run_ref": tracking.current_ref(), "epoch_sleep": sleep, "threads": threads
+            },
+            scaling_config=ScalingConfig(
+                num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": threads}
+            ),
             run_config=RunConfig(
                 name=run_id,
-                storage_path=str(storage),
+                storage_path=storage,
                 failure_config=FailureConfig(max_failures=int(os.environ.get("SHAPEBIAS_MAX_FAILURES", "0") or 0)),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
                 worker_runtime_env={"env_vars": env_vars},
@@ -419,7 +407,7 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
     for key in ("test_acc", "stylized_acc", "shape_bias", "train_acc"):
         if key in metrics:
             print(f"  {key:<13} {metrics[key]:.4f}")
-    print(f"  checkpoints   {storage / run_id}")
+    print(f"  checkpoints   {storage}/{run_id}")
     print(f"  open the UI:  {tracking.ui_command()}")
     return run_id
 
