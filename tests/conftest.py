@@ -12,6 +12,23 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+@pytest.fixture(autouse=True)
+def _isolate_process_state():
+    """Each test starts with the environment and MLflow's active experiment as they were.
+
+    ``mlflow.set_experiment`` writes ``MLFLOW_EXPERIMENT_ID`` into ``os.environ`` and a module
+    global; left behind, a later test's fresh store would be asked for an experiment it lacks.
+    """
+    import mlflow.tracking.fluent as fluent
+
+    saved = dict(os.environ)
+    experiment = fluent._active_experiment_id
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+    fluent._active_experiment_id = experiment
+
+
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch) -> str:
     """A fresh SQLite tracking store (artifacts beside it) as MLFLOW_TRACKING_URI."""
@@ -21,6 +38,8 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setattr("mlflow.tracking.fluent._active_experiment_id", None)
     monkeypatch.chdir(tmp_path)  # default artifact root (./mlruns) lands in tmp_path
     mlflow.set_tracking_uri(uri)
     yield uri

@@ -32,6 +32,7 @@ from shapebias.metrics.imagenet16 import decisions_from_logits
 from shapebias.models import pretrained
 from shapebias.plots import DecisionMaker, figure_curves, plot_category_shape_bias, plot_sparsity_curve
 from shapebias.plots import reference_decision_makers
+from training.cliargs import unquote as _unquote
 
 TASK = "shape_bias"
 SPARSITIES = ("none", "topk", "complement")
@@ -51,14 +52,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", default="0", help="seed of the random weights (weights=random only)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     return p.parse_args(argv)
-
-
-def _unquote(value: str) -> str:
-    """``''`` -> empty: a value that went through a second layer of shell quoting."""
-    value = str(value).strip()
-    while len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        value = value[1:-1].strip()
-    return value
 
 
 def _int(name: str, value: str, minimum: int) -> int:

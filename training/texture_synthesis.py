@@ -35,6 +35,7 @@ import torch
 
 from shapebias import synthesis, tracking
 from shapebias.errors import ConfigError, check_choice, check_fraction
+from training.cliargs import unquote as _unquote
 
 TASK = "texture_synthesis"
 RANDOM_PREFIX = "RANDOM-WEIGHTS"
@@ -55,13 +56,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", default="0", help="seed of the noise start (and of random weights)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     return p.parse_args(argv)
-
-
-def _unquote(value: str) -> str:
-    value = str(value).strip()
-    while len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        value = value[1:-1].strip()
-    return value
 
 
 def _int(name: str, value: str, minimum: int) -> int:

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from shapebias.errors import ConfigError, ShapebiasError, check_choice, check_fraction
 from shapebias.models import fastgan as fg
+from training.cliargs import number as _number, unquote as _unquote
 
 TASK = "train_fastgan"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -424,18 +425,6 @@ def log_final(cfg: Config, state: dict[str, Any], fid_key: str) -> dict[str, flo
 # ------------------------------------------------------------------------------------------ CLI
 
 
-def _number(kind: type):
-    """argparse type: MLflow passes numbers as "6" or "6.0"; a non-number is kept for validate()."""
-
-    def convert(text: str):
-        try:
-            return int(float(text)) if kind is int and float(text).is_integer() else kind(text)
-        except ValueError:
-            return text
-
-    return convert
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train_fastgan", description=__doc__.split("\n\n")[0])
     d = Config()
@@ -461,13 +450,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _unquote(text):
-    """MLflow shell-quotes string params; an empty one may arrive as the two characters ''."""
-    return "" if isinstance(text, str) and text.strip() in ("''", '""') else text
-
-
 def config_from_args(args: argparse.Namespace) -> Config:
-    values = {k: _unquote(v) for k, v in vars(args).items()}
+    values = {k: _unquote(v) if isinstance(v, str) else v for k, v in vars(args).items()}
     cfg = Config(**{f.name: values[f.name] for f in dataclasses.fields(Config) if f.name in values})
     cfg.noise_injection = parse_bool("noise_injection", args.noise_injection)
     return cfg

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from shapebias.errors import ConfigError, DataError, ShapebiasError, WeightsError, check_choice, check_fraction
 from shapebias.metrics.shape_bias import shape_bias_score
 from shapebias.models.resnet import SPARSITY, SPECS, parse_layers, resnet18, sgd
+from training.cliargs import number as _number
 
 TASK = "train_resnet"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -413,18 +414,6 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
 
 
 # ------------------------------------------------------------------------------------------- CLI
-
-
-def _number(kind: type):
-    """argparse type: MLflow passes numbers as "6" or "6.0"; a non-number is kept for validate()."""
-
-    def convert(text: str):
-        try:
-            return kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
-        except ValueError:
-            return text
-
-    return convert
 
 
 def parser() -> argparse.ArgumentParser:
