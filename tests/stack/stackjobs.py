@@ -90,6 +90,15 @@ def checkpoints(stack, run_id: str) -> list[str]:
     return sorted(found)
 
 
+def checkpoint_recorded(stack, run_id: str) -> bool:
+    """Ray Train has recorded a checkpoint of the run: its controller wrote the snapshot that a
+    restarted trainer reads (``checkpoint_manager_snapshot.json`` under the run's folder)."""
+    from shapebias_local_stack import BUCKET, CHECKPOINTS_URI
+
+    key = CHECKPOINTS_URI.split(f"s3://{BUCKET}/", 1)[1] + f"/{run_id}/checkpoint_manager_snapshot.json"
+    return bool(s3_keys(stack, key))
+
+
 def s3_keys(stack, prefix: str) -> list[str]:
     from shapebias_local_stack import BUCKET
 

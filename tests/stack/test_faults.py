@@ -32,13 +32,15 @@ def _one_point_per_epoch(client, run_id: str) -> None:
         assert sj.steps(client, run_id, key) == list(range(EPOCHS)), f"{key}: {sj.steps(client, run_id, key)}"
 
 
-def _wait_second_epoch(client, jobs, run_id: str, sub: str) -> None:
+def _wait_second_epoch(stack, client, jobs, run_id: str, sub: str) -> None:
     """Wait until epoch 2's metrics are logged: the worker is then past Ray Train's report of
     epoch 1, so that checkpoint is registered (a checkpoint merely visible in S3 may still be
     uploading, and a fault then rightly starts over). The epoch sleep that follows is when the
     fault lands."""
     sj.wait_until(lambda: len(sj.steps(client, run_id, "train_loss")) >= 2 or sj.status(jobs, sub) in sj.TERMINAL,
                   sj.JOB_TIMEOUT, "epoch 2's metrics")
+    sj.wait_until(lambda: sj.checkpoint_recorded(stack, run_id) or sj.status(jobs, sub) in sj.TERMINAL,
+                  120, "Ray Train to record a checkpoint")
     sj.assert_running(jobs, sub)
 
 
@@ -53,7 +55,7 @@ def test_worker_killed_mid_training_resumes_from_checkpoint(stack, client, exper
     run_id = _new_run(client, experiment_id, "fault-worker-killed")
     sub = sj.submit_train(stack, run_id, TRAIN_ARGS, EPOCHS, tag="worker-kill",
                           env={"SHAPEBIAS_MAX_FAILURES": "2", "SHAPEBIAS_EPOCH_SLEEP": "8"})
-    _wait_second_epoch(client, jobs, run_id, sub)
+    _wait_second_epoch(stack, client, jobs, run_id, sub)
     assert sj.checkpoints(stack, run_id), "no checkpoint in S3"
     pids = sj.wait_until(lambda: sj.train_worker_pids(stack, jobs, sub), 60, "the Ray Train worker's pid")
     logged = len(sj.steps(client, run_id, "train_loss"))
@@ -105,7 +107,7 @@ def test_driver_killed_then_resubmitted_continues_from_checkpoint(stack, client,
     run_id = _new_run(client, experiment_id, "fault-driver-killed")
     sub1 = sj.submit_train(stack, run_id, TRAIN_ARGS, EPOCHS, tag="driver-kill",
                            env={"SHAPEBIAS_EPOCH_SLEEP": "8"})
-    _wait_second_epoch(client, jobs, run_id, sub1)
+    _wait_second_epoch(stack, client, jobs, run_id, sub1)
     info = sj.wait_until(lambda: (i := jobs.get_job_info(sub1)).driver_info and i, 60, "the driver's pid")
     done_before = len(sj.steps(client, run_id, "train_loss"))
     os.kill(int(info.driver_info.pid), signal.SIGKILL)
