@@ -195,6 +195,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = Config(**config["cfg"])
     rank = ray.train.get_context().get_world_rank()
     logger = MetricLogger(config["run_ref"]) if rank == 0 and config.get("run_ref") else None
+    torch.set_num_threads(int(config.get("threads", 1)))
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -335,12 +336,9 @@ def check_inputs(cfg: Config) -> dict[str, str]:
 def run(cfg: Config, run_id: str | None = None) -> str:
     """Run (or resume) one FastGAN job; returns the MLflow run id."""
     import mlflow
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from shapebias import tracking
-    from training.raytools import init_ray, storage_location
+    from training.raytools import init_ray, make_trainer, storage_location
     from shapebias.metrics.fid import get_protocol
 
     params = cfg.params()
@@ -360,21 +358,13 @@ def run(cfg: Config, run_id: str | None = None) -> str:
 
         env_vars = tracking.worker_env()
         init_ray(env_vars)
-        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
-        mlflow.set_tag("shapebias.device", f"{'cuda' if use_gpu else 'cpu'} x1 ray worker")
         storage = storage_location(cfg.storage_path)
-        trainer = TorchTrainer(
+        trainer, device = make_trainer(
             train_loop_per_worker,
-            train_loop_config={"cfg": dataclasses.asdict(cfg), "run_ref": tracking.current_ref(), "fid_key": fid_key},
-            scaling_config=ScalingConfig(num_workers=1, use_gpu=use_gpu),
-            run_config=RunConfig(
-                name=run_id,
-                storage_path=storage,
-                failure_config=FailureConfig(max_failures=int(os.environ.get("SHAPEBIAS_MAX_FAILURES", "0") or 0)),
-                checkpoint_config=CheckpointConfig(num_to_keep=2),
-                worker_runtime_env={"env_vars": env_vars},
-            ),
+            {"cfg": dataclasses.asdict(cfg), "run_ref": tracking.current_ref(), "fid_key": fid_key},
+            run_id=run_id, storage_path=storage, num_workers=1, env_vars=env_vars,
         )
+        mlflow.set_tag("shapebias.device", device)
         try:
             result = trainer.fit()
         except Exception as exc:

@@ -333,12 +333,9 @@ def _sample_grid(data: dict[str, Dataset], per_split: int = 10):
 def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None) -> str:
     """Run (or resume) one training job; returns the MLflow run id."""
     import mlflow
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from shapebias import tracking
-    from training.raytools import init_ray, storage_location
+    from training.raytools import init_ray, make_trainer, storage_location
 
     params = dataclasses.asdict(cfg)
     new_run = run_id is None and not os.environ.get("MLFLOW_RUN_ID")
@@ -360,29 +357,14 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
 
         env_vars = tracking.worker_env()
         init_ray(env_vars)
-        use_gpu = ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
-        mlflow.set_tag("shapebias.device", f"{'cuda' if use_gpu else 'cpu'} x{cfg.num_workers} ray workers")
         storage = storage_location(cfg.storage_path)
-        # Ray gives a worker one CPU (and OMP_NUM_THREADS=1); on a CPU-only local run, share the cores out.
-        local_cpu = not use_gpu and not os.environ.get("RAY_ADDRESS")
-        threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.num_workers) if local_cpu else 1
         sleep = epoch_sleep if epoch_sleep is not None else float(os.environ.get("SHAPEBIAS_EPOCH_SLEEP", "0") or 0)
-        trainer = TorchTrainer(
+        trainer, device = make_trainer(
             train_loop_per_worker,
-            train_loop_config={
-                "cfg": dataclasses.asdict(cfg), "run_ref": tracking.current_ref(), "epoch_sleep": sleep, "threads": threads
-            },
-            scaling_config=ScalingConfig(
-                num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": threads}
-            ),
-            run_config=RunConfig(
-                name=run_id,
-                storage_path=storage,
-                failure_config=FailureConfig(max_failures=int(os.environ.get("SHAPEBIAS_MAX_FAILURES", "0") or 0)),
-                checkpoint_config=CheckpointConfig(num_to_keep=2),
-                worker_runtime_env={"env_vars": env_vars},
-            ),
+            {"cfg": dataclasses.asdict(cfg), "run_ref": tracking.current_ref(), "epoch_sleep": sleep},
+            run_id=run_id, storage_path=storage, num_workers=cfg.num_workers, env_vars=env_vars,
         )
+        mlflow.set_tag("shapebias.device", device)
         try:
             result = trainer.fit()
         except Exception as exc:
