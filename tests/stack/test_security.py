@@ -86,39 +86,33 @@ def _artifact_texts(client, run_id: str, tmp_path, path: str | None = None):
             yield info.path, open(local, encoding="utf-8", errors="replace").read()
 
 
-def test_no_secret_in_any_run(stack, finished_job_run, tmp_path):
+def test_no_secret_in_any_run(stack, finished_job_run, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     secrets = stack.secret_values()
     assert all(len(s) >= 16 for s in secrets)
     # The admin sees every experiment and run on the server.
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = stack.admin_auth()
-    try:
-        admin = MlflowClient(stack.tracking_uri)
-        experiments = admin.search_experiments()
-        runs = admin.search_runs([e.experiment_id for e in experiments], max_results=1000)
-        assert any(r.info.run_id == finished_job_run for r in runs)
-        checked = 0
-        for run in runs:
-            fields = {"run name": run.info.run_name or "", **{f"param {k}": v for k, v in run.data.params.items()},
-                      **{f"tag {k}": v for k, v in run.data.tags.items()}}
-            for path, text in _artifact_texts(admin, run.info.run_id, tmp_path / run.info.run_id):
-                fields[f"artifact {path}"] = text
-            for where, text in fields.items():
-                for secret in secrets:
-                    assert secret not in text, f"a credential appears in run {run.info.run_id}, {where}"
-            checked += len(fields)
-        for model in admin.search_logged_models([e.experiment_id for e in experiments]):
-            for where, text in {**model.params, **model.tags}.items():
-                assert not any(s in str(text) for s in secrets), f"a credential in logged model {model.model_id}: {where}"
-        assert checked > 0
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    user, password = stack.admin_auth()
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    admin = MlflowClient(stack.tracking_uri)
+    experiments = admin.search_experiments()
+    runs = admin.search_runs([e.experiment_id for e in experiments], max_results=1000)
+    assert any(r.info.run_id == finished_job_run for r in runs)
+    checked = 0
+    for run in runs:
+        fields = {"run name": run.info.run_name or "", **{f"param {k}": v for k, v in run.data.params.items()},
+                  **{f"tag {k}": v for k, v in run.data.tags.items()}}
+        for path, text in _artifact_texts(admin, run.info.run_id, tmp_path / run.info.run_id):
+            fields[f"artifact {path}"] = text
+        for where, text in fields.items():
+            for secret in secrets:
+                assert secret not in text, f"a credential appears in run {run.info.run_id}, {where}"
+        checked += len(fields)
+    for model in admin.search_logged_models([e.experiment_id for e in experiments]):
+        for where, text in {**model.params, **model.tags}.items():
+            assert not any(s in str(text) for s in secrets), f"a credential in logged model {model.model_id}: {where}"
+    assert checked > 0
 
 
 def test_credentials_reach_jobs_only_through_the_environment(stack, jobs, finished_job_run):
