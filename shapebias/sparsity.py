@@ -1,68 +1,76 @@
 """The Top-K operation of Li et al. (2023): spatial activation sparsity.
 
-For every sample and every channel of a feature map ``(N, C, H, W)``, keep the
-``max(1, int(k * H * W))`` spatial positions with the largest absolute value.
+For every sample and every channel of a feature map ``(N, C, H, W)``, keep ``keep =
+max(1, int(k * H * W))`` spatial positions: those with the largest ``|x|`` (or, in
+``topk_mean_raw``, the largest ``x``).
 
 Modes
 -----
-``topk``        kept values, every other position zero; gradients flow only through kept positions.
-``topk_mean``   every kept position gets the mean of that channel's kept values; the rest zero.
-``complement``  only the positions that ``topk`` would drop (the paper's ablation).
+``topk``           kept values, every other position zero; gradients flow only through kept
+                   positions (the authors' and the earlier reproduction's Top-K: both rank ``|x|``).
+``topk_mean``      the ResNet mean replacement of the earlier reproduction
+                   (``COMP6258-Reproducibility-Challenge/emergence-of-shape-bias``,
+                   ``cnns-train-top-k/resnet_model.py``, ``top_k_mean_replace``; the source of
+                   Table 1's "Mean Rpl." rows): rank ``|x|``; ``mean = sum(kept values) / keep``;
+                   every kept position whose value is non-zero gets ``mean``, kept zeros stay zero,
+                   the rest is zero.
+``topk_mean_raw``  the GAN mean replacement of the authors (``Crazy-Jack/nips2023_shape_vs_texture``,
+                   ``few-shot-img-syn/TopKGen/TopkLoss/topk_loss_module.py``,
+                   ``sparse_hw_replace_w_mean``): rank the raw, signed ``x`` (no absolute value);
+                   every kept position gets ``mean = sum(kept values) / keep``, the rest is zero.
+``complement``     only the positions that ``topk`` would drop (the paper's ablation).
 
-``TopK(1.0)`` is the identity in ``topk`` mode. With k = 1, ``topk_mean`` replaces every value by
-its channel's mean and ``complement`` is all zero.
+Gradients are those of each source's code under autograd: ``topk_mean`` passes ``sum(grad where
+the mean was written) / keep`` to every kept position, plus the position's own gradient at kept
+zeros (where the source wrote the kept value itself); ``topk_mean_raw`` passes ``sum(grad at kept
+positions) / keep`` to every kept position. ``TopK(1.0)`` is the identity in ``topk`` mode.
 
-Ties
-----
-Where several positions share the k-th largest ``|x|``, the ones with the lowest flat spatial
-index (``h * W + w``) are kept. This is the definition (:func:`reference_mask`, a stable sort), and
-every implementation here follows it exactly. ``torch.topk`` on the CPU documents no rule for
-ties (it breaks them as its partial sort happens to leave them), so :func:`topk_direct`, the
-plain "``torch.topk`` indices, then a scattered mask" formulation, agrees with the definition
-wherever the k-th largest value is unique, which is almost always the case for real activations.
-NaN inputs are not supported.
+Ties and summation order
+------------------------
+Where several positions share the keep-th largest key, the ones with the lowest flat spatial index
+(``h * W + w``) are kept (:func:`reference_mask`, a stable sort). The mean modes sum in one fixed
+order, :func:`tree_sum` (pad the H*W values with zeros to a power of two, then add the upper half
+to the lower half until one value is left), so that every implementation here gives the same bits.
+The sources used ``torch.topk`` (no documented tie rule) and ``torch.sum`` (an unspecified order);
+wherever the keep-th key is unique and the sum is exact in float32, the results are identical.
+NaN and infinite inputs are not supported.
 
 Implementations
 ---------------
 :func:`topk` (what :class:`TopK` calls) picks, per call:
 
-* ``cpu``: a small C kernel (OpenMP; compiled with the system's ``cc`` on first use in about a
-  second, cached in ``~/.cache/shapebias`` or ``$SHAPEBIAS_CACHE_DIR``, loaded through ctypes) for
-  float32 CPU tensors. Per row it finds the exact k-th largest
-  ``|x|`` by a radix select on the float's bits, then writes the output and a boolean mask in one
-  pass (ties resolved in index order). Backward is ``grad * mask``: only the bool mask is saved.
+* ``cpu``: the C kernel of :mod:`shapebias._topk_kernel` (``csrc/topk.c``; OpenMP; compiled on
+  first use and cached) for float32 CPU tensors in either contiguous format. Per row it finds the
+  exact keep-th largest key by a radix select on the float's bits, then writes the output and a
+  byte per position (kept / receives the mean) in one pass; backward reads only that byte.
 * ``torch``: the same threshold method in plain PyTorch (``topk`` values, compare, ties resolved by
-  a cumulative count only where they occur) for CUDA, other dtypes, and machines without a
-  compiler.
+  a cumulative count only where they occur) for CUDA, other dtypes, and machines without a compiler.
 * ``reference``: :func:`topk_reference`, the definition.
 
 ``SHAPEBIAS_TOPK_BACKEND`` (``auto``, ``cpu``, ``torch``, ``reference``) overrides the choice;
-``auto`` uses the C kernel where it applies and builds, else ``torch``. ``topk_mean`` repeats the
-definition's arithmetic in the definition's order (a sum over (H, W), a division by the count),
-so its values and gradients are bitwise those of the definition too.
+``auto`` uses the C kernel where it applies and builds, else ``torch``. Every backend's values and
+gradients are bitwise those of the definition (``torch.equal``).
 """
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
-import warnings
-from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from shapebias import _topk_kernel as kernel
 from shapebias.errors import check_choice, check_fraction
 
-MODES = ("topk", "topk_mean", "complement")
+MODES = ("topk", "topk_mean", "topk_mean_raw", "complement")
+MEAN_MODES = ("topk_mean", "topk_mean_raw")
 BACKENDS = ("auto", "cpu", "torch", "reference")
 BACKEND_ENV = "SHAPEBIAS_TOPK_BACKEND"
+_KERNEL_MODE = {
+    "topk": kernel.MODE_TOPK, "complement": kernel.MODE_COMPLEMENT,
+    "topk_mean": kernel.MODE_MEAN_NONZERO, "topk_mean_raw": kernel.MODE_MEAN_RAW,
+}
 
 
 def kept_count(k: float, spatial: int) -> int:
@@ -70,11 +78,17 @@ def kept_count(k: float, spatial: int) -> int:
     return max(1, int(k * spatial))
 
 
-def reference_mask(x: torch.Tensor, k: float) -> torch.Tensor:
+def ranks_raw(mode: str) -> bool:
+    """Whether ``mode`` ranks the raw values (``topk_mean_raw``) rather than ``|x|``."""
+    return mode == "topk_mean_raw"
+
+
+def reference_mask(x: torch.Tensor, k: float, raw: bool = False) -> torch.Tensor:
     """Boolean mask of the kept positions, same shape as ``x`` (N, C, H, W): the definition.
 
-    The ``kept_count(k, H*W)`` largest ``|x|`` over (H, W) flattened; ties to the lowest index
-    (a stable descending sort). Slow, and meant to be: it is what faster code is tested against.
+    The ``kept_count(k, H*W)`` largest ``|x|`` (``x`` itself when ``raw``) over (H, W) flattened;
+    ties to the lowest index (a stable descending sort). Slow, and meant to be: it is what faster
+    code is tested against.
     """
     n, c, h, w = x.shape
     flat = x.detach().reshape(n, c, h * w)
@@ -83,38 +97,78 @@ def reference_mask(x: torch.Tensor, k: float) -> torch.Tensor:
     if keep >= h * w:
         mask.fill_(True)
     else:
-        idx = flat.abs().sort(dim=-1, descending=True, stable=True).indices[..., :keep]
-        mask.scatter_(-1, idx, True)
+        key = flat if raw else flat.abs()
+        mask.scatter_(-1, key.sort(dim=-1, descending=True, stable=True).indices[..., :keep], True)
     return mask.reshape(n, c, h, w)
 
 
-def _apply_mask(x: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """The definition's arithmetic given the mask of kept positions (differentiable in ``x``)."""
+def tree_sum(v: torch.Tensor) -> torch.Tensor:
+    """Sum over (H, W) of an (N, C, H, W) tensor in the mean modes' fixed order: (N, C, 1, 1).
+
+    The H*W values in flat index order, padded with zeros to the next power of two, then halved
+    (``v[:half] + v[half:]``) until one is left. ``csrc/topk.c`` sums in exactly this order.
+    """
+    n, c, h, w = v.shape
+    flat = v.reshape(n, c, h * w)
+    p = 1 << (h * w - 1).bit_length()
+    if p > h * w:
+        flat = F.pad(flat, (0, p - h * w))
+    while flat.shape[-1] > 1:
+        half = flat.shape[-1] // 2
+        flat = flat[..., :half] + flat[..., half:]
+    return flat.reshape(n, c, 1, 1)
+
+
+def _mean_backward(grad: torch.Tensor, kept: torch.Tensor, gets: torch.Tensor, keep: int) -> torch.Tensor:
+    """The mean modes' gradient: ``(0 where the mean was written, else grad) + gm`` at kept
+    positions, 0 elsewhere; ``gm = tree_sum(grad where the mean was written) / keep``."""
+    zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
+    gm = tree_sum(torch.where(gets, grad, zero)) / keep
+    return torch.where(kept, torch.where(gets, zero, grad) + gm, zero)
+
+
+class _MeanReplace(torch.autograd.Function):
+    """The mean modes' arithmetic given the mask of kept positions (the definition's, and the
+    PyTorch path's): ``out = mean where it is written, else x * kept``, explicit backward."""
+
+    @staticmethod
+    def forward(ctx, x, kept, raw: bool, keep: int):
+        values = x * kept
+        gets = kept if raw else kept & (values != 0)
+        mean = tree_sum(values) / keep
+        ctx.save_for_backward(kept, gets)
+        ctx.keep = keep
+        return torch.where(gets, mean, values)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        kept, gets = ctx.saved_tensors
+        return _mean_backward(grad_out, kept, gets, ctx.keep), None, None, None
+
+
+def _apply_mask(x: torch.Tensor, mask: torch.Tensor, mode: str, keep: int) -> torch.Tensor:
+    """The definition's arithmetic given the mask of the ``keep`` kept positions per row."""
+    if mode in MEAN_MODES:
+        return _MeanReplace.apply(x, mask, ranks_raw(mode), keep)
     m = mask.to(x.dtype)
-    if mode == "topk":
-        return x * m
-    if mode == "complement":
-        return x * (1 - m)
-    kept = x * m
-    count = m.sum(dim=(2, 3), keepdim=True)
-    mean = kept.sum(dim=(2, 3), keepdim=True) / count
-    return mean * m
+    return x * m if mode == "topk" else x * (1 - m)
 
 
 def topk_reference(x: torch.Tensor, k: float, mode: str = "topk") -> torch.Tensor:
-    """The definition: the mask of :func:`reference_mask`, then plain arithmetic (autograd does the rest).
+    """The definition: the mask of :func:`reference_mask`, then plain arithmetic.
 
     Kept as the definition that faster implementations are tested against.
     """
     check_choice("mode", mode, MODES)
-    return _apply_mask(x, reference_mask(x, k), mode)
+    keep = kept_count(k, x.shape[-2] * x.shape[-1])
+    return _apply_mask(x, reference_mask(x, k, ranks_raw(mode)), mode, keep)
 
 
 def topk_direct(x: torch.Tensor, k: float, mode: str = "topk") -> torch.Tensor:
     """The direct formulation: indices from ``torch.topk``, a scattered mask, then arithmetic.
 
-    Equal to :func:`topk_reference` except where the k-th largest ``|x|`` is tied (see the module
-    docstring). It is the baseline the benchmarks compare the fast path against.
+    Equal to :func:`topk_reference` except where the keep-th largest key is tied (``torch.topk``
+    breaks ties as it happens to). It is the baseline the benchmarks compare the fast path against.
     """
     check_choice("mode", mode, MODES)
     n, c, h, w = x.shape
@@ -124,19 +178,23 @@ def topk_direct(x: torch.Tensor, k: float, mode: str = "topk") -> torch.Tensor:
     if keep >= h * w:
         mask.fill_(True)
     else:
-        mask.scatter_(-1, flat.abs().topk(keep, dim=-1, sorted=False).indices, True)
-    return _apply_mask(x, mask.reshape(n, c, h, w), mode)
+        key = flat if ranks_raw(mode) else flat.abs()
+        mask.scatter_(-1, key.topk(keep, dim=-1, sorted=False).indices, True)
+    return _apply_mask(x, mask.reshape(n, c, h, w), mode, keep)
 
 
 # --------------------------------------------------------------------------------------------
-# Fast masks
+# Fast paths
 # --------------------------------------------------------------------------------------------
 
 
-def _threshold_mask(x: torch.Tensor, keep: int) -> torch.Tensor:
-    """Mask of kept positions by thresholding at the k-th largest ``|x|`` (any device, dtype)."""
+def _threshold_mask(x: torch.Tensor, keep: int, raw: bool = False) -> torch.Tensor:
+    """Mask of kept positions by thresholding at the keep-th largest key (any device, dtype)."""
     n, c, h, w = x.shape
-    a = x.detach().abs().reshape(n, c, h * w)
+    if keep >= h * w:
+        return torch.ones_like(x, dtype=torch.bool)
+    a = x.detach().reshape(n, c, h * w)
+    a = a if raw else a.abs()
     kth = a.topk(keep, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
     mask = a > kth
     ties = a == kth
@@ -151,215 +209,36 @@ def _threshold_mask(x: torch.Tensor, keep: int) -> torch.Tensor:
     return mask.reshape(n, c, h, w)
 
 
-_C_SOURCE = r"""
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-/* Exact k-th largest of u[0..n) (non-negative float bit patterns, so integer order is float
- * order) by an MSD radix select over digits of 8/8/8/7 bits. Sets the threshold's bits and how
- * many elements equal to it are kept (every other kept element is strictly greater). */
-static void radix_select(const uint32_t *u, int64_t n, int64_t keep, uint32_t *buf_a,
-                         uint32_t *buf_b, int64_t *hist, uint32_t *t_out, int64_t *need_out,
-                         int64_t *equal_out) {
-  /* hist[256] holds the histogram of the first digit (u >> 23) on entry */
-  static const int shift[4] = {23, 15, 7, 0};
-  static const uint32_t digit_mask[4] = {0xffu, 0xffu, 0xffu, 0x7fu};
-  const uint32_t *src = u;
-  int64_t m = n, remaining = keep;
-  uint32_t prefix = 0;
-  for (int d = 0; d < 4; ++d) {
-    const int s = shift[d];
-    const uint32_t dm = digit_mask[d];
-    if (d > 0) {
-      memset(hist, 0, 256 * sizeof(int64_t));
-      for (int64_t i = 0; i < m; ++i) hist[(src[i] >> s) & dm]++;
-    }
-    int64_t above = 0;
-    int b = (int)dm;
-    for (; b > 0; --b) {
-      if (above + hist[b] >= remaining) break;
-      above += hist[b];
-    }
-    remaining -= above;
-    prefix |= ((uint32_t)b) << s;
-    if (d == 3) {
-      *equal_out = hist[b]; /* the last digit: every element of bin b equals the threshold */
-      break;
-    }
-    if (hist[b] == remaining) { /* the whole bin is kept: the threshold is its minimum */
-      uint32_t lo = 0xffffffffu;
-      int64_t eq = 0;
-      for (int64_t i = 0; i < m; ++i) {
-        const uint32_t v = src[i];
-        if (((v >> s) & dm) == (uint32_t)b && v < lo) lo = v;
-      }
-      for (int64_t i = 0; i < m; ++i) eq += (src[i] == lo);
-      *t_out = lo;
-      *need_out = eq;
-      *equal_out = eq;
-      return;
-    }
-    uint32_t *dst = (src == buf_a) ? buf_b : buf_a;
-    int64_t j = 0;
-    for (int64_t i = 0; i < m; ++i) { /* keep the candidates of bin b */
-      const uint32_t v = src[i];
-      dst[j] = v;
-      j += (((v >> s) & dm) == (uint32_t)b);
-    }
-    src = dst;
-    m = j;
-  }
-  *t_out = prefix;
-  *need_out = remaining;
-}
-
-/* out = g * pass (as the definition's backward) over `numel` elements of dense tensors with identical strides. */
-void shapebias_mask_mul_f32(const float *g, const uint8_t *pass, float *out, int64_t numel,
-                            int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t i = 0; i < numel; ++i) out[i] = g[i] * (float)pass[i];
-}
-
-/* For each of the `rows` (n, c) rows (row r starts at (r / C) * sN + (r % C) * sC; its n
- * positions are `ss` elements apart, in x, out and pass alike): pass = kept (or dropped when
- * `complement`), out = x * pass (skipped when out is NULL). Ties: lowest index first. */
-int shapebias_topk_f32(const float *x, float *out, uint8_t *pass, int64_t rows, int64_t C,
-                       int64_t sN, int64_t sC, int64_t ss, int64_t n, int64_t keep,
-                       int complement, int threads) {
-  int failed = 0;
-#pragma omp parallel num_threads(threads) reduction(| : failed)
-  {
-    uint32_t *u = (uint32_t *)malloc(sizeof(uint32_t) * 3 * (size_t)n);
-    if (!u) failed = 1;
-#pragma omp for schedule(dynamic, 16)
-    for (int64_t r = 0; r < rows; ++r) {
-      if (!u) continue;
-      const int64_t base = (r / C) * sN + (r % C) * sC;
-      const float *xr = x + base;
-      uint8_t *mr = pass + base;
-      int64_t hist[256];
-      memset(hist, 0, sizeof(hist));
-      for (int64_t i = 0; i < n; ++i) {
-        uint32_t v;
-        memcpy(&v, xr + i * ss, 4);
-        v &= 0x7fffffffu;
-        u[i] = v;
-        hist[v >> 23]++;
-      }
-      uint32_t t = 0;
-      int64_t need = n, equal = n;
-      if (keep < n) radix_select(u, n, keep, u + n, u + 2 * n, hist, &t, &need, &equal);
-      const uint8_t flip = (uint8_t)(complement != 0);
-      if (need == equal && ss == 1) { /* no tie to break (the usual case): a plain compare */
-        for (int64_t i = 0; i < n; ++i) mr[i] = (uint8_t)(u[i] >= t) ^ flip;
-        if (out) {
-          float *orow = out + base;
-          for (int64_t i = 0; i < n; ++i) orow[i] = xr[i] * (float)mr[i]; /* branch-free: masks are random */
-        }
-      } else if (out) {
-        float *orow = out + base;
-        for (int64_t i = 0; i < n; ++i) {
-          const uint32_t v = u[i];
-          const int tie = (v == t) & (need > 0);
-          need -= tie;
-          const uint8_t p = (uint8_t)((v > t) | tie) ^ flip;
-          mr[i * ss] = p;
-          orow[i * ss] = xr[i * ss] * (float)p; /* x * mask, as the definition */
-        }
-      } else {
-        for (int64_t i = 0; i < n; ++i) {
-          const uint32_t v = u[i];
-          const int tie = (v == t) & (need > 0);
-          need -= tie;
-          mr[i * ss] = (uint8_t)((v > t) | tie) ^ flip;
-        }
-      }
-    }
-    free(u);
-  }
-  return failed;
-}
-"""
-_CFLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp")
-
-_lib = None
-_lib_error: str | None = None
-_lib_lock = threading.Lock()
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """``x`` if it is dense in one of the two contiguous formats with evenly strided rows, else a copy."""
+    _, _, h, w = x.shape
+    s_h, s_w = x.stride()[2:]
+    dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+    return x if dense and (h == 1 or w == 1 or s_h == w * s_w) else x.contiguous()
 
 
-def _cache_dir() -> Path:
-    env = os.environ.get("SHAPEBIAS_CACHE_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shapebias"
-
-
-def _build_cpu_kernel() -> ctypes.CDLL:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if not compiler:
-        raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    digest = hashlib.sha256((_C_SOURCE + " ".join(_CFLAGS) + compiler + platform.machine()).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"topk_cpu_{digest}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            src = Path(tmp) / "topk_cpu.c"
-            src.write_text(_C_SOURCE)
-            built = Path(tmp) / target.name
-            proc = subprocess.run(
-                [compiler, *_CFLAGS, str(src), "-o", str(built)], capture_output=True, text=True, timeout=300
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[-500:]}")
-            os.replace(built, target)  # atomic: concurrent builders (Ray workers) do not collide
-    lib = ctypes.CDLL(str(target))
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.shapebias_topk_f32.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]
-    lib.shapebias_topk_f32.restype = ctypes.c_int
-    lib.shapebias_mask_mul_f32.argtypes = [ptr, ptr, ptr, i64, ctypes.c_int]
-    lib.shapebias_mask_mul_f32.restype = None
-    return lib
-
-
-def cpu_kernel():
-    """The compiled C kernel (built on first use, cached); None, with one warning, if it cannot be."""
-    global _lib, _lib_error
-    if _lib is None and _lib_error is None:
-        with _lib_lock:
-            if _lib is None and _lib_error is None:
-                try:
-                    _lib = _build_cpu_kernel()
-                except Exception as exc:  # no compiler, read-only cache, ...: fall back, say so once
-                    _lib_error = f"{type(exc).__name__}: {exc}"
-                    warnings.warn(
-                        f"shapebias: the C Top-K kernel is unavailable ({_lib_error}); "
-                        "using the plain PyTorch threshold path (exact, slower)",
-                        RuntimeWarning,
-                        stacklevel=3,
-                    )
-    return _lib
-
-
-def _cpu_topk(x: torch.Tensor, keep: int, complement: bool, want_out: bool):
-    """Run the C kernel on a float32 CPU (N, C, H, W) tensor: (out or None, pass mask)."""
-    x = _layout_ok(x.detach())
-    n_, c, h, w = x.shape
+def _rows(x: torch.Tensor) -> tuple[int, ...]:
+    """The kernel's row arguments of a dense (N, C, H, W) tensor: rows, C, sN, sC, ss, n."""
+    n, c, h, w = x.shape
     s_n, s_c, s_h, s_w = x.stride()
-    if not (h == 1 or w == 1 or s_h == w * s_w):
-        x = x.contiguous()
-        s_n, s_c, s_h, s_w = x.stride()
-    ss = s_w if w > 1 else s_h
-    # x is dense (one of the two contiguous formats): outputs with exactly its strides are dense too
-    passed = torch.empty_strided(x.shape, x.stride(), dtype=torch.bool)
+    return n * c, c, s_n, s_c, (s_w if w > 1 else s_h), h * w
+
+
+def _cpu_topk(x: torch.Tensor, keep: int, mode: str, want_out: bool):
+    """Run the C kernel on a float32 CPU (N, C, H, W) tensor: (out or None, code).
+
+    ``code`` has ``x``'s strides: bool (pass) for ``topk``/``complement``, else uint8 (bit 0 kept,
+    bit 1 receives the mean)."""
+    x = _dense(x.detach())
+    code = torch.empty_strided(x.shape, x.stride(), dtype=torch.uint8 if mode in MEAN_MODES else torch.bool)
     out = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype) if want_out else None
-    rc = cpu_kernel().shapebias_topk_f32(
-        x.data_ptr(), out.data_ptr() if want_out else None, passed.data_ptr(),
-        n_ * c, c, s_n, s_c, ss, h * w, keep, int(complement), torch.get_num_threads(),
+    rc = kernel.kernel().shapebias_topk_f32(
+        x.data_ptr(), out.data_ptr() if want_out else None, code.data_ptr(), *_rows(x), keep,
+        _KERNEL_MODE[mode], torch.get_num_threads(),
     )
     if rc != 0:
         raise MemoryError("the C Top-K kernel could not allocate its row buffers")
-    return out, passed
+    return out, code
 
 
 def _backend(x: torch.Tensor, backend: str | None) -> str:
@@ -367,21 +246,15 @@ def _backend(x: torch.Tensor, backend: str | None) -> str:
     check_choice(BACKEND_ENV, choice, BACKENDS)
     cpu_ok = x.device.type == "cpu" and x.dtype == torch.float32
     if choice == "auto":
-        return "cpu" if cpu_ok and cpu_kernel() is not None else "torch"
+        return "cpu" if cpu_ok and kernel.kernel() is not None else "torch"
     if choice == "cpu" and not cpu_ok:
         return "torch"  # the kernel covers float32 CPU tensors only
-    if choice == "cpu" and cpu_kernel() is None:
-        raise RuntimeError(f"{BACKEND_ENV}=cpu but the C Top-K kernel is unavailable: {_lib_error}")
+    if choice == "cpu" and kernel.kernel() is None:
+        raise RuntimeError(f"{BACKEND_ENV}=cpu but the C Top-K kernel is unavailable: {kernel.error}")
     return choice
 
 
-def _layout_ok(x: torch.Tensor) -> torch.Tensor:
-    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
-        return x
-    return x.contiguous()
-
-
-def topk_mask(x: torch.Tensor, k: float, backend: str | None = None) -> torch.Tensor:
+def topk_mask(x: torch.Tensor, k: float, backend: str | None = None, raw: bool = False) -> torch.Tensor:
     """Boolean mask of the kept positions, same shape as ``x`` (N, C, H, W).
 
     Exactly :func:`reference_mask` (same positions, ties to the lowest index), computed fast.
@@ -390,79 +263,69 @@ def topk_mask(x: torch.Tensor, k: float, backend: str | None = None) -> torch.Te
     keep = kept_count(k, h * w)
     chosen = _backend(x, backend)
     if chosen == "reference":
-        return reference_mask(x, k)
-    if keep >= h * w:
-        return torch.ones_like(x, dtype=torch.bool)
-    if chosen == "cpu":
-        return _cpu_topk(x, keep, False, want_out=False)[1]
-    return _threshold_mask(x, keep)
+        return reference_mask(x, k, raw)
+    if chosen == "cpu" and keep < h * w:
+        code = _cpu_topk(x, keep, "topk_mean_raw" if raw else "topk", want_out=False)[1]
+        return code if code.dtype == torch.bool else (code & 1).bool()
+    return _threshold_mask(x, keep, raw)
+
+
+def _same_layout(grad: torch.Tensor, code: torch.Tensor) -> bool:
+    return (
+        grad.dtype == torch.float32 and grad.device.type == "cpu" and grad.stride() == code.stride()
+        and _dense(grad) is grad and kernel.kernel() is not None
+    )
 
 
 class _MaskedPass(torch.autograd.Function):
-    """``out = x * pass``, saving only the boolean ``pass`` mask; backward ``grad * pass``."""
+    """``topk``/``complement``: ``out = x * pass``, saving only the boolean ``pass``; backward
+    ``grad * pass``."""
 
     @staticmethod
-    def forward(ctx, x, k: float, complement: bool, backend: str):
-        n, c, h, w = x.shape
-        keep = kept_count(k, h * w)
+    def forward(ctx, x, keep: int, mode: str, backend: str):
         if backend == "cpu":
-            out, passed = _cpu_topk(x, keep, complement, want_out=True)
+            out, passed = _cpu_topk(x, keep, mode, want_out=True)
         else:
-            kept = _threshold_mask(x, keep) if keep < h * w else torch.ones_like(x, dtype=torch.bool)
-            passed = ~kept if complement else kept
+            kept = _threshold_mask(x, keep)
+            passed = ~kept if mode == "complement" else kept
             out = x * passed
         ctx.save_for_backward(passed)
-        ctx.mark_non_differentiable(passed)
-        return out, passed
-
-    @staticmethod
-    def backward(ctx, grad_out, _grad_mask):
-        (passed,) = ctx.saved_tensors
-        return _masked_grad(grad_out, passed), None, None, None
-
-
-def _masked_grad(grad: torch.Tensor, passed: torch.Tensor) -> torch.Tensor:
-    """``grad * passed`` (the definition's backward): by the C kernel where layouts match."""
-    if (
-        grad.dtype == torch.float32 and grad.device.type == "cpu" and grad.stride() == passed.stride()
-        and (grad.is_contiguous() or grad.is_contiguous(memory_format=torch.channels_last))
-        and cpu_kernel() is not None
-    ):
-        out = torch.empty_strided(grad.shape, grad.stride(), dtype=grad.dtype)
-        cpu_kernel().shapebias_mask_mul_f32(grad.data_ptr(), passed.data_ptr(), out.data_ptr(), grad.numel(), torch.get_num_threads())
         return out
-    return grad * passed
-
-
-class _MeanPass(torch.autograd.Function):
-    """``topk_mean`` with the definition's arithmetic, in the same order (so bitwise equal), saving
-    only the boolean mask: forward ``sum(kept) / keep * mask``, backward ``sum(grad * mask) / keep * mask``."""
 
     @staticmethod
-    def forward(ctx, x, k: float, backend: str):
-        n, c, h, w = x.shape
-        keep = kept_count(k, h * w)
-        if backend == "cpu" and x.is_contiguous():
-            kept, mask = _cpu_topk(x, keep, False, want_out=True)  # same layout as x * mask: same sum
-        elif backend == "cpu":
-            mask = _cpu_topk(x, keep, False, want_out=False)[1].contiguous()  # the definition's layout
-            kept = x * mask
-        else:
-            mask = _threshold_mask(x, keep) if keep < h * w else torch.ones_like(x, dtype=torch.bool)
-            kept = x * mask
-        count = torch.tensor(float(keep), dtype=x.dtype, device=x.device)
-        mean = kept.sum(dim=(2, 3), keepdim=True) / count
-        ctx.save_for_backward(mask, count)
-        zero = torch.zeros((), dtype=x.dtype, device=x.device)
-        return torch.where(mask, mean, zero)  # = mean * mask (a where is cheaper than a bool multiply)
+    def backward(ctx, grad):
+        (passed,) = ctx.saved_tensors
+        if not _same_layout(grad, passed):
+            return grad * passed, None, None, None
+        out = torch.empty_strided(grad.shape, grad.stride(), dtype=grad.dtype)
+        kernel.kernel().shapebias_mask_mul_f32(
+            grad.data_ptr(), passed.data_ptr(), out.data_ptr(), grad.numel(), torch.get_num_threads()
+        )
+        return out, None, None, None
+
+
+class _KernelMean(torch.autograd.Function):
+    """The mean modes by the C kernel, saving only the byte ``code`` per position."""
 
     @staticmethod
-    def backward(ctx, grad_out):
-        mask, count = ctx.saved_tensors
-        zero = torch.zeros((), dtype=grad_out.dtype, device=grad_out.device)
-        # the product (not a where) for the sum: same layout, so same summation order, as the definition
-        grad_mean = (grad_out * mask).sum(dim=(2, 3), keepdim=True) / count
-        return torch.where(mask, grad_mean, zero), None, None
+    def forward(ctx, x, keep: int, mode: str):
+        out, code = _cpu_topk(x, keep, mode, want_out=True)
+        ctx.save_for_backward(code)
+        ctx.keep = keep
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (code,) = ctx.saved_tensors
+        if not _same_layout(grad, code):
+            return _mean_backward(grad, (code & 1).bool(), (code & 2).bool(), ctx.keep), None, None
+        out = torch.empty_strided(grad.shape, grad.stride(), dtype=grad.dtype)
+        rc = kernel.kernel().shapebias_topk_mean_backward_f32(
+            grad.data_ptr(), code.data_ptr(), out.data_ptr(), *_rows(grad), ctx.keep, torch.get_num_threads()
+        )
+        if rc != 0:
+            raise MemoryError("the C Top-K kernel could not allocate its row buffers")
+        return out, None, None
 
 
 def topk(x: torch.Tensor, k: float, mode: str = "topk", backend: str | None = None) -> torch.Tensor:
@@ -480,10 +343,12 @@ def topk(x: torch.Tensor, k: float, mode: str = "topk", backend: str | None = No
     chosen = _backend(x, backend)
     if chosen == "reference":
         return topk_reference(x, k, mode)
-    if mode == "topk_mean":
-        return _MeanPass.apply(x, k, chosen)
-    out, _ = _MaskedPass.apply(x, k, mode == "complement", chosen)
-    return out
+    keep = kept_count(k, x.shape[-2] * x.shape[-1])
+    if mode in MEAN_MODES and chosen == "cpu":
+        return _KernelMean.apply(x, keep, mode)
+    if mode in MEAN_MODES:
+        return _MeanReplace.apply(x, _threshold_mask(x, keep, ranks_raw(mode)), ranks_raw(mode), keep)
+    return _MaskedPass.apply(x, keep, mode, chosen)
 
 
 class TopK(nn.Module):
@@ -491,7 +356,7 @@ class TopK(nn.Module):
 
     Args:
         k: fraction of spatial positions kept, in (0, 1].
-        mode: ``topk``, ``topk_mean`` or ``complement``.
+        mode: one of :data:`MODES` (``topk``, ``topk_mean``, ``topk_mean_raw``, ``complement``).
         backend: implementation (see :data:`BACKENDS`); default ``$SHAPEBIAS_TOPK_BACKEND``/``auto``.
     """
 
@@ -513,3 +378,8 @@ class TopK(nn.Module):
 
     def extra_repr(self) -> str:
         return f"k={self.k}, mode={self.mode!r}"
+
+
+def cpu_kernel():
+    """The compiled C kernel (see :mod:`shapebias._topk_kernel`), or None where it cannot be built."""
+    return kernel.kernel()
