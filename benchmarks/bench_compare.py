@@ -5,7 +5,7 @@
 Writes a temporary SQLite tracking store with N runs of the three table tasks (the ResNet grid
 with many seeds, FastGAN and shape-bias runs, each with ~20 params like real jobs), then times
 ``training.compare.read_runs`` (MLflow search through the real client) and
-``shapebias.tables.build_report`` (tables, comparisons, verdicts) separately from the plots.
+``shapebias.report.build_report`` (tables, comparisons, verdicts) separately from the plots.
 The store is filled through MLflow's own SQLAlchemy models in one transaction (the client would
 need minutes for 1,000 runs); reading goes through the public client, as ``compare`` does.
 """
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlflow.tracking import MlflowClient
 
-    from shapebias import tables
+    from shapebias.report import build_report
     from training.compare import read_runs
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         write_runs_bulk(uri, "bench", synthetic_runs(args.runs))
         setup = time.perf_counter() - t
         t = time.perf_counter()
-        import scipy.special  # noqa: F401 - one-off imports, timed apart from the work
+        import scipy.stats  # noqa: F401 - one-off imports, timed apart from the work
 
-        tables.build_report([], plots=False)
+        build_report([], plots=False)
         imports = time.perf_counter() - t
         client = MlflowClient(uri)
         client.search_runs([client.get_experiment_by_name("bench").experiment_id], max_results=1)  # warm the engine
@@ -105,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             runs, _ = read_runs(client, ["bench"])
             t1 = time.perf_counter()
-            report = tables.build_report(runs, plots=False)
+            report = build_report(runs, plots=False)
             t2 = time.perf_counter()
             rows.append((i + 1, len(runs), t1 - t0, t2 - t1, t2 - t0))
         t3 = time.perf_counter()
-        tables.build_report(runs, plots=True)
+        build_report(runs, plots=True)
         plots = time.perf_counter() - t3
     print(f"compare benchmark: {args.runs} runs in a SQLite store (filled in {setup:.1f} s), "
           f"{os.cpu_count()} CPUs; goal: read + build <= 3 s")

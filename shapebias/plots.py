@@ -6,6 +6,8 @@
   maker per category, and a vertical line at each decision maker's overall shape bias.
 * :func:`plot_sparsity_curve` is Li et al. (2023), Fig. 1: shape bias against the Top-K
   fraction kept, for AlexNet and VGG-16, with the dense networks and humans as references.
+* :func:`report_figures` draws the compare report's figures (Table 1 bars, Table 2 FID bars, shape
+  bias against k), each with the published values beside the reproduced ones.
 
 :func:`reference_decision_makers` reads the authors' published decisions
 (``shared/reference/li2023-raw-cue-conflict``, one model-vs-human CSV per decision maker) and
@@ -16,9 +18,11 @@ Everything uses matplotlib's Agg backend (no display needed).
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 from pathlib import Path
 
 from shapebias.metrics import shape_bias as sb
@@ -203,3 +207,86 @@ def figure_curves(
         if reference.humans is not None:
             refs["humans (published)"] = reference.humans.shape_bias
     return curves, refs
+
+
+# ------------------------------------------------------------------------ the compare report
+
+def report_figures(data: Mapping[str, Any]) -> dict[str, bytes]:
+    """PNG bytes by file name for the tables present in ``data`` (``TableResult.plot_data`` by table)."""
+    plt = _pyplot()
+    figures = {"table1": ("table1.png", _table1_figure), "table2": ("table2.png", _table2_figure),
+               "shape_bias": ("shape_bias.png", _shape_bias_figure)}
+    out: dict[str, bytes] = {}
+    for table, (name, draw) in figures.items():
+        if table not in data:
+            continue
+        fig = draw(plt, data[table])
+        if fig is None:
+            continue
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=90)
+        plt.close(fig)
+        out[name] = buf.getvalue()
+    return out
+
+
+def _table1_figure(plt, d: Mapping[str, Any]):
+    """Clean and stylized accuracy per dataset, a bar per row (std over seeds), black ticks: published."""
+    cells = {(x.row, x.column): x for x in d["cells"]}
+    rows = list(d["labels"])
+    width = 0.8 / max(1, len(rows))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, metric, title in zip(axes, ("test_acc", "stylized_acc"), ("clean", "stylized")):
+        for i, r in enumerate(rows):
+            bars = [(j + i * width, cells[(r, c)]) for j, c in enumerate(d["cols"]) if (r, c) in cells]
+            ax.bar([x for x, _ in bars], [cell.mean(metric) * 100 for _, cell in bars], width,
+                   yerr=[0 if cell.n < 2 else cell.std(metric) * 100 for _, cell in bars],
+                   label=d["labels"][r], capsize=2)
+            row = dict(r)
+            for j, c in enumerate(d["cols"]):
+                published = d["pub"].get((row["model_spec"], row["sparsity"], row["stem_stride"], c))
+                if published is not None:
+                    ax.plot(j + i * width, getattr(published, metric + "_mean"), "k_", markersize=10)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(d["cols"]))], d["cols"])
+        ax.set_title(f"Table 1, {title} accuracy (black ticks: published)")
+        ax.set_ylabel("top-1 accuracy (%)")
+    axes[0].legend(fontsize=7)
+    return fig
+
+
+def _table2_figure(plt, d: Mapping[str, Any]):
+    """FID per row and data set, black ticks: published."""
+    rows = d["rows"]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.bar(range(len(rows)), [r[2] for r in rows], label="reproduced")
+    ax.plot(range(len(rows)), [r[3] for r in rows], "k_", markersize=14, label="published")
+    ax.set_xticks(range(len(rows)), [f"{label}\n{ds}" for label, ds, _, _ in rows], fontsize=6, rotation=90)
+    ax.set_ylabel("FID")
+    ax.set_title("Table 2: FastGAN FID")
+    ax.legend()
+    return fig
+
+
+def _shape_bias_figure(plt, d: Mapping[str, Any]):
+    """Shape bias against k per model: published dashed, reproduced solid, random weights dotted."""
+    models = sorted({m for m, *_ in d["real"] + d["random"]})
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for sparsity, colour in (("topk", "tab:red"), ("complement", "tab:blue"), ("none", "tab:gray")):
+            published = sorted((float(k), v) for (m, s, k), v in d["published"].items() if m == model and s == sparsity)
+            if published:
+                ax.plot(*zip(*published), "--o", color=colour, alpha=0.5, label=f"{sparsity}, published")
+            for kind, style in (("real", "-s"), ("random", ":x")):
+                points = sorted((float(k), v) for m, s, k, v in d[kind] if m == model and s == sparsity)
+                if points:
+                    ax.plot(*zip(*points), style, color=colour,
+                            label=f"{sparsity}, reproduced" + (" (RANDOM WEIGHTS)" if kind == "random" else ""))
+        ax.set_xlabel("Top-K fraction kept")
+        ax.set_ylabel("shape bias")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{model}: shape bias vs sparsity")
+        ax.legend(fontsize=7)
+    return fig

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shapebias import reference, tables
-from shapebias.tables import Run
+from shapebias import reference
+from shapebias.report import Run, build_report, stats, write_outputs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,7 +49,7 @@ def published_table1_cells() -> dict[tuple[str, str], str]:
 
 
 def test_table1_matches_the_seed_cell_for_cell():
-    report = tables.build_report(seed_table1_runs(), plots=False)
+    report = build_report(seed_table1_runs(), plots=False)
     wide = next(s.table for s in report.sections if s.key == "table1")
     assert list(wide.columns) == ["Model", "IN-S1", "IN-S2", "IN-S3", "IN-S4"]
     got = {(row["Model"], ds): row[ds] for _, row in wide.iterrows() for ds in wide.columns[1:]}
@@ -62,30 +62,30 @@ def test_table1_matches_the_seed_cell_for_cell():
 
 
 def test_table1_n_shown_where_not_three_and_one_seed_untestable():
-    report = tables.build_report(seed_table1_runs(seeds=(0, 1)), plots=False)
+    report = build_report(seed_table1_runs(seeds=(0, 1)), plots=False)
     wide = next(s.table for s in report.sections if s.key == "table1")
     assert wide.iloc[0, 1] == "88.4 ± 0.3 (67.2 ± 1.8) n=2"
-    one = tables.build_report(seed_table1_runs(seeds=(5,)), plots=False)
+    one = build_report(seed_table1_runs(seeds=(5,)), plots=False)
     wide = next(s.table for s in one.sections if s.key == "table1")
     assert wide.iloc[0, 1] == "88.4 (67.2) n=1"
-    assert set(one.verdicts["verdict"].str.split(" \\(").str[0]) == {tables.ONE_SEED}
+    assert set(one.verdicts["verdict"].str.split(" \\(").str[0]) == {stats.ONE_SEED}
     assert (one.verdicts["test"] == "none").all()
 
 
 def test_table1_rows_split_by_stem_stride_and_other_varying_params():
     runs = seed_table1_runs()
     extra = [Run(r.run_id + "-s1", {**r.params, "stem_stride": "1.0"}, r.metrics, r.tags) for r in runs[:3]]
-    report = tables.build_report(runs + extra, plots=False)
+    report = build_report(runs + extra, plots=False)
     labels = list(next(s.table for s in report.sections if s.key == "table1")["Model"])
     assert "CS ResNet-18 (stride 1)" in labels and "CS ResNet-18 (stride 2)" in labels
     other = [Run(r.run_id + "-e", {**r.params, "epochs": "5"}, r.metrics, r.tags) for r in runs[:3]]
-    labels = list(next(s.table for s in tables.build_report(runs + other, plots=False).sections
+    labels = list(next(s.table for s in build_report(runs + other, plots=False).sections
                        if s.key == "table1")["Model"])
     assert "CS ResNet-18 [epochs=5]" in labels and "CS ResNet-18 [epochs=30]" in labels
 
 
 def test_table2a_and_2b_match_the_seed():
-    report = tables.build_report(seed_table2_runs("seed_table2a") + seed_table2_runs("seed_table2b"), plots=False)
+    report = build_report(seed_table2_runs("seed_table2a") + seed_table2_runs("seed_table2b"), plots=False)
     a = next(s.table for s in report.sections if s.key == "table2a")
     assert list(a["Model (FastGAN)"]) == ["Baseline", "Top K", "Top K + Noise"]
     assert list(a.columns[1:]) == ["jeep", "fish", "train", "table"]
@@ -97,37 +97,63 @@ def test_table2a_and_2b_match_the_seed():
     assert b.set_index("Model (FastGAN)").loc["Top K=15 + Noise", "IN-S1-C5"] == "162.50"
     vs = next(s.table for s in report.sections if s.key == "table2b_vs_published")
     assert set(vs["Δ FID"]) == {"+0.00"}
-    fid = report.verdicts[report.verdicts.claim == tables.CLAIM_FID.text]
+    fid = report.verdicts[report.verdicts.claim == stats.CLAIM_FID.text]
     assert len(fid) == 4 + 4  # 2a: four sets; 2b: K=5 and K=15 on two sets
-    assert fid["verdict"].str.startswith(tables.ONE_SEED).all()
+    assert fid["verdict"].str.startswith(stats.ONE_SEED).all()
 
 
-def test_welch_matches_scipy_and_verdicts():
-    from scipy import stats
+def single_verdict(a, b, direction: str = "greater") -> tuple[stats.TestResult, str]:
+    """A test and its verdict in a family of one (Holm leaves a single p-value as it is)."""
+    r = stats.welch_test(np.array(a), np.array(b), direction)
+    return r, r.untestable or stats.verdict(r.p, r.p_opposite, r.as_claimed)
+
+
+def test_welch_is_the_textbook_test_and_verdicts():
+    from scipy.special import stdtr
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(0.7, 0.02, 3), rng.normal(0.65, 0.03, 4)
-    for d in ("greater", "less"):
-        assert tables.welch_p(a, b, d) == pytest.approx(stats.ttest_ind(a, b, equal_var=False, alternative=d).pvalue)
-    assert tables.welch(np.array([0.80, 0.81, 0.82]), np.array([0.60, 0.61, 0.62]), "greater")[2] == "holds"
-    assert tables.welch(np.array([0.60, 0.61, 0.62]), np.array([0.80, 0.81, 0.82]), "greater")[2].startswith(
-        "contradicted")
-    assert tables.welch(np.array([0.70, 0.75, 0.80]), np.array([0.69, 0.74, 0.79]), "greater")[2].startswith(
-        "not significant")
+    va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 4
+    t = (a.mean() - b.mean()) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3)  # Welch-Satterthwaite
+    r = stats.welch_test(a, b, "greater")
+    assert r.test == stats.WELCH and r.p == pytest.approx(stdtr(df, -t)) and r.p_opposite == pytest.approx(stdtr(df, t))
+    assert stats.welch_test(a, b, "less").p == pytest.approx(stdtr(df, t))
+    assert single_verdict([0.80, 0.81, 0.82], [0.60, 0.61, 0.62])[1] == "holds"
+    assert single_verdict([0.60, 0.61, 0.62], [0.80, 0.81, 0.82])[1].startswith("contradicted")
+    assert single_verdict([0.70, 0.75, 0.80], [0.69, 0.74, 0.79])[1].startswith("not significant")
     x, y = [0.05, 0.1, 0.2, 0.3, 0.5, 1.0], [0.63, 0.72, 0.71, 0.63, 0.44, 0.24]
-    for d in ("less", "greater"):
-        ref = stats.spearmanr(x, y, alternative=d)
-        assert tables.spearman(x, y, d) == pytest.approx((ref.statistic, ref.pvalue))
-    test, p, verdict = tables.welch(np.array([0.8]), np.array([0.6, 0.61]), "greater")
-    assert test == "none" and math.isnan(p) and verdict == f"{tables.ONE_SEED} (direction as claimed)"
+    rho, p = stats.spearman_test(x, y, "less")
+    y_ranks = [3.5, 6, 5, 3.5, 2, 1]  # the two 0.63 share ranks 3 and 4
+    assert rho == pytest.approx(np.corrcoef([1, 2, 3, 4, 5, 6], y_ranks)[0, 1])  # Pearson's r of the ranks
+    assert p == pytest.approx(stdtr(4, rho * math.sqrt(4 / (1 - rho ** 2))))  # t approximation, n - 2 df
+    r, verdict = single_verdict([0.8], [0.6, 0.61])
+    assert r.test == "none" and math.isnan(r.p) and verdict == f"{stats.ONE_SEED} (direction as claimed)"
+
+
+def test_holm_step_down_by_hand():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.06
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = stats.holm([0.2, float("nan"), 0.9])  # no test: not counted, stays NaN
+    assert adjusted[0] == pytest.approx(0.4) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.9)
+    assert stats.holm([0.6, 0.7]) == [1.0, 1.0]  # 2 x 0.6 capped at 1; never below an earlier step
+    assert stats.holm([]) == []
 
 
 def test_seed_claims_from_the_seed_numbers():
-    """Verdicts on the seed's own numbers: CS Top-K's stylized gain holds on IN-S2; mean replacement never wins."""
-    v = tables.build_report(seed_table1_runs(), plots=False).verdicts
-    row = v[(v.claim == tables.CLAIM_TOPK_STYLIZED.text) & (v.scope == "CS ResNet-18 w. Top-K, IN-S2")].iloc[0]
-    assert row["verdict"] == "holds" and row["difference"] == "+7.7 pp" and row["published difference"] == "+7.7 pp"
-    mean = v[v.claim == tables.CLAIM_MEAN_STYLIZED.text]
+    """Verdicts on the seed's own numbers: CS Top-K's stylized gain on IN-S2 is significant alone but not
+    after Holm's correction over the claim's eight cells; mean replacement never wins."""
+    v = build_report(seed_table1_runs(), plots=False).verdicts
+    row = v[(v.claim == stats.CLAIM_TOPK_STYLIZED.text) & (v.scope == "CS ResNet-18 w. Top-K, IN-S2")].iloc[0]
+    assert float(row["p"]) < stats.ALPHA  # "holds" before the correction
+    assert row["difference"] == "+7.7 pp" and row["published difference"] == "+7.7 pp"
+    family = v[v.claim == stats.CLAIM_TOPK_STYLIZED.text]
+    assert len(family) == 8
+    raw = sorted(float(p) for p in family["p"])  # 0.0112 (CS IN-S3) ranks first, IN-S2 second
+    assert float(row["p (Holm)"]) == pytest.approx(max(8 * raw[0], 7 * raw[1]), rel=1e-2)
+    assert float(row["p (Holm)"]) > stats.ALPHA
+    assert row["verdict"] == "not significant (direction as claimed)"
+    mean = v[v.claim == stats.CLAIM_MEAN_STYLIZED.text]
     assert len(mean) == 8 and not (mean["verdict"] == "holds").any()
 
 
@@ -143,7 +169,7 @@ def test_bad_runs_are_listed_not_dropped():
         Run("sweep", {"model": "alexnet", "sparsity": "topk", "topk": "0.05,0.1"}, {}, {"shapebias.task": "shape_bias"}),
         Run("dup", dict(good[0].params), good[0].metrics, {"shapebias.task": "train_resnet"}, start_time=-1),
     ]
-    report = tables.build_report(runs, plots=False)
+    report = build_report(runs, plots=False)
     why = dict(zip(report.left_out.run_id, report.left_out.reason))
     assert why["no-metric"] == "missing metric stylized_acc"
     assert why["no-param"] == "missing param model_spec"
@@ -163,20 +189,20 @@ def test_shape_bias_table_keeps_random_weights_apart():
                 {"shape_bias": float(p.shape_bias)}, {"shapebias.task": "shape_bias"}) for i, p in enumerate(pub.itertuples())]
     runs.append(Run("rnd", {"model": "alexnet", "sparsity": "topk", "topk": "0.1", "weights": "random"},
                     {"shape_bias": 0.5}, {"shapebias.task": "shape_bias", "shapebias.weights": "random"}))
-    report = tables.build_report(runs, plots=True)
+    report = build_report(runs, plots=True)
     assert {"shape_bias", "shape_bias_vs_published", "shape_bias_random_weights"} <= set(report.built)
     vs = next(s.table for s in report.sections if s.key == "shape_bias_vs_published")
     assert set(vs["Δ (pp)"]) == {"+0.0"} and len(vs) == len(pub)
     rnd = next(s for s in report.sections if s.key == "shape_bias_random_weights")
     assert "RANDOM WEIGHTS" in rnd.title and len(rnd.table) == 1
-    trend = report.verdicts[report.verdicts.claim == tables.CLAIM_SB_TREND.text].iloc[0]
+    trend = report.verdicts[report.verdicts.claim == stats.CLAIM_SB_TREND.text].iloc[0]
     assert trend["test"].startswith("Spearman") and trend["verdict"] == "holds"
     assert "shape_bias.png" in report.plots
 
 
 def test_outputs_markdown_csv_and_self_contained_html(tmp_path):
-    report = tables.build_report(seed_table1_runs() + seed_table2_runs(), plots=True)
-    files = tables.write_outputs(report, tmp_path, ["header line"])
+    report = build_report(seed_table1_runs() + seed_table2_runs(), plots=True)
+    files = write_outputs(report, tmp_path, ["header line"])
     assert {"tables.md", "report.html", "report.txt", "table1.csv", "table2a.csv", "verdicts.csv"} <= set(files)
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "src='http" not in html and "<link" not in html

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from shapebias.tables import Run
+from shapebias.report import Run
 from test_compare import log_runs  # tests/ is on sys.path (no __init__.py)
 from training import reproduce
 

@@ -5,7 +5,7 @@
 
 Reads every run of the named experiments from the tracking store (any URI MLflow reads),
 builds Table 1, Table 2a/2b and the shape-bias table with the published values beside each
-cell and a verdict per claim (``shapebias.tables``), prints them, and logs them as Markdown,
+cell and a verdict per claim (``shapebias.report``), prints them, and logs them as Markdown,
 CSV, a self-contained HTML page and PNG plots to a run tagged ``shapebias.task=compare``.
 Runs that a table cannot use are listed with the reason, never dropped silently.
 """
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from shapebias import tables
+from shapebias.report import Report, Run, build_report, render_text, write_outputs
 from shapebias.errors import DataError
 from shapebias.tracking import cli_main, tracked_run, ui_command
 
@@ -43,8 +43,8 @@ def experiment_names(value: str) -> list[str]:
     return names
 
 
-def read_runs(client, names: list[str]) -> tuple[list[tables.Run], list[str]]:
-    """All active runs of the named experiments as :class:`tables.Run`; warnings for names with no runs.
+def read_runs(client, names: list[str]) -> tuple[list[Run], list[str]]:
+    """All active runs of the named experiments as :class:`~shapebias.report.Run`; warnings for names with no runs.
 
     Raises DataError when no named experiment exists, or none has a run.
     """
@@ -74,17 +74,17 @@ def read_runs(client, names: list[str]) -> tuple[list[tables.Run], list[str]]:
     return runs, warnings
 
 
-def _read_client(client, experiments: dict[str, str]) -> list[tables.Run]:
+def _read_client(client, experiments: dict[str, str]) -> list[Run]:
     """Any tracking store, through the public search API (paged)."""
     from mlflow.entities import ViewType
 
-    runs: list[tables.Run] = []
+    runs: list[Run] = []
     token = None
     while True:
         page = client.search_runs(list(experiments), max_results=10000, page_token=token,
                                   run_view_type=ViewType.ACTIVE_ONLY)
         for r in page:
-            runs.append(tables.Run(
+            runs.append(Run(
                 run_id=r.info.run_id, params=dict(r.data.params), metrics=dict(r.data.metrics),
                 tags=dict(r.data.tags), status=r.info.status, experiment=experiments[r.info.experiment_id],
                 start_time=r.info.start_time or 0, run_name=r.info.run_name or ""))
@@ -94,7 +94,7 @@ def _read_client(client, experiments: dict[str, str]) -> list[tables.Run]:
     return runs
 
 
-def _read_sql(client, experiments: dict[str, str]) -> list[tables.Run] | None:
+def _read_sql(client, experiments: dict[str, str]) -> list[Run] | None:
     """A database-backed store (SQLite, PostgreSQL...) read with four column queries.
 
     MLflow's search builds a full Run object per run, which takes seconds for 1,000 runs; here the
@@ -117,7 +117,7 @@ def _read_sql(client, experiments: dict[str, str]) -> list[tables.Run] | None:
     with store.ManagedSessionMaker() as session:
         active = session.query(R.run_uuid).filter(R.experiment_id.in_(ids), R.lifecycle_stage == "active")
         head = active.add_columns(R.experiment_id, R.status, R.start_time, R.name).all()
-        runs = {rid: tables.Run(run_id=rid, params={}, metrics={}, tags={}, status=status,
+        runs = {rid: Run(run_id=rid, params={}, metrics={}, tags={}, status=status,
                                 experiment=experiments[str(exp)], start_time=start or 0, run_name=name or "")
                 for rid, exp, status, start, name in head}
         sub = active.subquery()
@@ -132,12 +132,12 @@ def _read_sql(client, experiments: dict[str, str]) -> list[tables.Run] | None:
     return sorted(runs.values(), key=lambda r: -r.start_time)
 
 
-def build(client, names: list[str], exclude: str = "") -> tuple[tables.Report, list[str], dict[str, float]]:
+def build(client, names: list[str], exclude: str = "") -> tuple[Report, list[str], dict[str, float]]:
     t0 = time.perf_counter()
     runs, warnings = read_runs(client, names)
     runs = [r for r in runs if r.run_id != exclude]
     t1 = time.perf_counter()
-    report = tables.build_report(runs)
+    report = build_report(runs)
     report.notes[:0] = warnings
     t2 = time.perf_counter()
     return report, warnings, {"read_s": t1 - t0, "build_s": t2 - t1}
@@ -156,12 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     params = {"experiment": ",".join(names), "output_dir": args.output_dir}
     out_dir = Path(args.output_dir) if args.output_dir else Path(tempfile.mkdtemp(prefix="shapebias-compare-"))
 
-    def work(exclude: str = "") -> tables.Report:
+    def work(exclude: str = "") -> Report:
         report, _, timing = build(client, names, exclude)
         header = [f"experiments: {', '.join(names)}; tracking store: {client.tracking_uri}",
                   f"runs read: {report.n_runs} in {timing['read_s']:.2f} s; tables built in {timing['build_s']:.2f} s"]
-        tables.write_outputs(report, out_dir, header)
-        print(tables.render_text(report, header))
+        write_outputs(report, out_dir, header)
+        print(render_text(report, header))
         if not report.sections:
             raise DataError(f"no table could be built from the {report.n_runs} runs of {', '.join(names)}: "
                             f"every run is listed above under 'Runs left out' with the reason")

@@ -25,7 +25,10 @@ import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 
-from shapebias import settings, tables
+from shapebias import settings
+from shapebias.report import runs as report_runs
+from shapebias.report.runs import Run
+from shapebias.report.tables import TABLE2A_DATASETS, TABLE2B_DATASETS
 from shapebias.errors import ConfigError, DataError, check_choice
 from shapebias.tracking import cli_main
 
@@ -77,7 +80,7 @@ def csv_list(value: str) -> list[str]:
 def grid(table: str, seeds: Sequence[str] | None = None, datasets: Sequence[str] | None = None,
          levels: Sequence[str] | None = None) -> list[Cell]:
     """The cells x seeds a table needs (the seed report's own grid unless narrowed)."""
-    n = tables.norm
+    n = report_runs.canonical_value
     cells: list[Cell] = []
     if table == "table1":
         for spec in ("code", "paper"):
@@ -90,8 +93,8 @@ def grid(table: str, seeds: Sequence[str] | None = None, datasets: Sequence[str]
         settings_a = [("none", "", "false"), ("topk", "0.05", "false"), ("topk", "0.05", "true")]
         settings_b = [("none", "", "false"), ("topk", "0.05", "false"), ("topk", "0.15", "false"),
                       ("topk", "0.15", "true")]
-        for ds in datasets or (*tables.TABLE2A_DATASETS, *tables.TABLE2B_DATASETS):
-            for sparsity, topk, noise in settings_b if ds in tables.TABLE2B_DATASETS else settings_a:
+        for ds in datasets or (*TABLE2A_DATASETS, *TABLE2B_DATASETS):
+            for sparsity, topk, noise in settings_b if ds in TABLE2B_DATASETS else settings_a:
                 for seed in seeds or ("0",):
                     cells.append(Cell(table, "train_fastgan", (("dataset", ds), ("sparsity", sparsity),
                                                                ("topk", topk), ("noise_injection", noise)), n(seed)))
@@ -106,16 +109,16 @@ def grid(table: str, seeds: Sequence[str] | None = None, datasets: Sequence[str]
     return cells
 
 
-def cell_of(run: tables.Run, table: str) -> tuple[tuple[tuple[str, str], ...], str] | None:
+def cell_of(run: Run, table: str) -> tuple[tuple[tuple[str, str], ...], str] | None:
     """The (params, seed) of a run in the terms of :func:`grid`, or None if it is not the table's task."""
-    spec = {"table1": tables.TABLE1, "table2": tables.TABLE2, "shape_bias": tables.SHAPE_BIAS}[table]
+    spec = report_runs.SPEC_OF_TABLE[table]
     if run.task != spec.task:
         return None
-    p = {k: tables.norm(v) for k, v in run.params.items()}
+    p = {k: report_runs.canonical_value(v) for k, v in run.params.items()}
     if table == "table1":
         names = ("model_spec", "sparsity", "stem_stride", "dataset")
     elif table == "table2":
-        p["dataset"] = tables.dataset_of(run.params)
+        p["dataset"] = report_runs.dataset_of(run.params)
         p["noise_injection"] = p.get("noise_injection", "false")
         if p.get("sparsity") == "none":
             p["topk"] = ""
@@ -135,13 +138,12 @@ class Status:
     run_id: str = ""
 
 
-def status(cells: Sequence[Cell], runs: Iterable[tables.Run]) -> list[Status]:
+def status(cells: Sequence[Cell], runs: Iterable[Run]) -> list[Status]:
     """Which cells x seeds are done (a FINISHED run with the metrics), unfinished, or missing."""
     table = cells[0].table if cells else "table1"
-    metrics = {"table1": tables.TABLE1.metrics, "table2": tables.TABLE2.metrics,
-               "shape_bias": tables.SHAPE_BIAS.metrics}[table]
+    metrics = report_runs.SPEC_OF_TABLE[table].metrics
     done: dict[tuple, str] = {}
-    unfinished: dict[tuple, tables.Run] = {}
+    unfinished: dict[tuple, Run] = {}
     for run in runs:
         where = cell_of(run, table)
         if where is None or run.random_weights:
@@ -295,7 +297,7 @@ def truthy(name: str, value: str) -> bool:
     raise ConfigError(f"{name}={value!r} is not accepted; use true or false")
 
 
-def read_experiment_runs(client, experiment: str) -> list[tables.Run]:
+def read_experiment_runs(client, experiment: str) -> list[Run]:
     from training.compare import _read_client, _read_sql
 
     exp = client.get_experiment_by_name(experiment)

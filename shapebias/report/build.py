@@ -1,0 +1,56 @@
+"""The whole report: runs in, every table that has runs, the verdicts decided, the plots drawn."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+
+import pandas as pd
+
+from shapebias.report.runs import LeftOut, Run, select_runs
+from shapebias.report.tables import Section, TableResult, fastgan_fid_tables, resnet_accuracy_table, shape_bias_tables
+from shapebias.report.verdicts import Verdict, decide
+
+BUILDERS: dict[str, Callable[[Sequence[Run]], TableResult]] = {
+    "table1": resnet_accuracy_table, "table2": fastgan_fid_tables, "shape_bias": shape_bias_tables}
+LEFT_OUT_COLUMNS = [f.name for f in dataclasses.fields(LeftOut)]
+
+
+@dataclasses.dataclass
+class Report:
+    """The tables, the verdict per claim and cell, the runs left out (with why), notes and plots."""
+
+    sections: list[Section]
+    verdicts: pd.DataFrame
+    left_out: pd.DataFrame
+    notes: list[str]
+    plots: dict[str, bytes]
+    n_runs: int
+
+    @property
+    def built(self) -> list[str]:
+        return [s.key for s in self.sections]
+
+
+def build_report(runs: Iterable[Run], plots: bool = True) -> Report:
+    """Every table its runs allow; verdicts with Holm's correction within each claim."""
+    runs = list(runs)
+    by_table, left_out, notes = select_runs(runs)
+    sections: list[Section] = []
+    verdicts: list[Verdict] = []
+    plot_data = {}
+    for name, builder in BUILDERS.items():
+        if not by_table.get(name):
+            continue
+        result = builder(by_table[name])
+        sections += result.sections
+        verdicts += result.verdicts
+        left_out += result.superseded
+        plot_data[name] = result.plot_data
+    figures = {}
+    if plots:
+        from shapebias.plots import report_figures
+
+        figures = report_figures(plot_data)
+    left = pd.DataFrame([dataclasses.asdict(x) for x in left_out], columns=LEFT_OUT_COLUMNS)
+    return Report(sections, decide(verdicts), left, notes, figures, len(runs))
