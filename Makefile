@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test stack-test stack-up stack-down stack-status tools bench manifests clean
+.PHONY: setup run test stack-test stack-up stack-down stack-status tools bench manifests chart-docs clean
 
 $(STAMP): pyproject.toml requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml requirements.txt requirements-dev.txt
 setup: $(STAMP)
 
 tools: setup
-	$(BIN)/python -m shapebias.devtools fetch-helm
+	$(BIN)/python -m tools.devtools fetch-helm
 
 run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run . -e train_resnet -P sparsity=topk --env-manager local
@@ -44,8 +44,12 @@ stack-status:
 bench: setup
 	$(BIN)/python -m benchmarks
 
+# manifests/ and the chart's README.md are generated from deploy/helm/shapebias (repository tooling in tools/).
 manifests: tools
-	$(BIN)/python -m shapebias.devtools render-manifests
+	$(BIN)/python -m tools.devtools render-manifests
+
+chart-docs: setup
+	$(BIN)/python -m tools.devtools chart-docs
 
 clean:
 	rm -rf .pytest_cache mlruns .ray_results

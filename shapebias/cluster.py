@@ -185,10 +185,6 @@ def render(template: dict, experiment: str, params: dict[str, str], name: str, n
     return body
 
 
-def repo_template(experiment: str) -> Path:
-    return REPO_ROOT / "manifests" / f"rayjob-{experiment.replace('_', '-')}.yaml"
-
-
 def load_template_file(path: Path, experiment: str) -> dict:
     if not path.is_file():
         raise ConfigError(f"--template {path} does not exist")
@@ -414,15 +410,13 @@ def submit_main(argv: list[str] | None) -> int:
     else:
         try:
             api, ctx_ns = kube_client(args.context)
-            namespace = namespace or ctx_ns
-            template = fetch_template(api, namespace, args.release, args.experiment)
-        except ConfigError:
+        except ConfigError as exc:
             if not args.dry_run:
                 raise
-            path = repo_template(args.experiment)
-            print(f"note: no kube context; rendering from {path.relative_to(REPO_ROOT)} (the chart's defaults)",
-                  file=sys.stderr)
-            template = load_template_file(path, args.experiment)
+            raise ConfigError(f"{exc}; a dry run without a cluster needs --template FILE (e.g. a checkout's "
+                              f"manifests/rayjob-{args.experiment.replace('_', '-')}.yaml)") from None
+        namespace = namespace or ctx_ns
+        template = fetch_template(api, namespace, args.release, args.experiment)
     namespace = namespace or template.get("metadata", {}).get("namespace") or "default"
     body = render(template, args.experiment, params, name, namespace)
 

@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-from shapebias import cluster, devtools, settings
+from shapebias import cluster, settings
+from tools import devtools
 
 NS = "research"
 RAYJOBS = f"/apis/ray.io/v1/namespaces/{NS}/rayjobs"
@@ -165,12 +166,13 @@ def test_dry_run_prints_yaml_and_sends_nothing(api, capsys):
     assert [r["method"] for r in api.requests] == ["GET"]  # read the template, created nothing
 
 
-def test_dry_run_without_a_cluster_uses_manifests(tmp_path, monkeypatch, capsys):
+def test_dry_run_without_a_cluster_takes_a_template_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
-    assert submit("train_fastgan", "-P", "data_dir=/data/jeep", "--dry-run") == 0
-    out = capsys.readouterr()
-    assert yaml.safe_load(out.out)["spec"]["entrypoint"].endswith("-P data_dir=/data/jeep")
-    assert "manifests/rayjob-train-fastgan.yaml" in out.err
+    assert submit("train_fastgan", "-P", "data_dir=/data/jeep", "--dry-run") == 2
+    assert "needs --template FILE (e.g. a checkout's manifests/rayjob-train-fastgan.yaml)" in capsys.readouterr().err
+    template = devtools.MANIFESTS_DIR / "rayjob-train-fastgan.yaml"
+    assert submit("train_fastgan", "-P", "data_dir=/data/jeep", "--dry-run", "--template", str(template)) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["spec"]["entrypoint"].endswith("-P data_dir=/data/jeep")
 
 
 def test_no_kube_context(tmp_path, monkeypatch, capsys):

