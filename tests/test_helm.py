@@ -12,7 +12,7 @@ import re
 import pytest
 import yaml
 
-from shapebias import devtools
+from tools import devtools
 
 KUBE_VERSIONS = ("1.31.0", "1.35.0", "1.37.0")  # kubernetes-validate 1.37 ships schemas up to 1.37
 GPU_VALUES = devtools.REPO_ROOT / "deploy" / "helm" / "values-gpu.yaml"
@@ -23,7 +23,6 @@ VARIANTS = {
     "external-db": ([], {"postgresql.enabled": False, "externalDatabase.host": "db.example.org",
                          "externalDatabase.existingSecret": "mlflow-db"}),
 }
-WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -31,7 +30,7 @@ LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def helm():
     path = devtools.helm_path()
     if not os.access(path, os.X_OK):
-        pytest.skip(f"{path} is missing: run `make tools` (python -m shapebias.devtools fetch-helm)")
+        pytest.skip(f"{path} is missing: run `make tools` (python -m tools.devtools fetch-helm)")
     return path
 
 
@@ -44,24 +43,8 @@ def renders(helm) -> dict[str, list[dict]]:
     return out
 
 
-def rayjobs_of(docs: list[dict]) -> list[dict]:
-    """Every RayJob: rendered ones and the templates in the <release>-rayjobs ConfigMap."""
-    jobs = [d for d in docs if d["kind"] == "RayJob"]
-    for cm in (d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-rayjobs")):
-        jobs += [yaml.load(text, Loader=LOADER) for text in cm["data"].values()]
-    return jobs
-
-
-def pod_specs(obj: dict) -> list[tuple[str, dict]]:
-    if obj["kind"] in WORKLOAD_KINDS:
-        return [(obj["metadata"]["name"], obj["spec"]["template"]["spec"])]
-    if obj["kind"] == "RayJob":
-        spec = obj["spec"]
-        out = [("submitter", spec["submitterPodTemplate"]["spec"]),
-               ("head", spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"])]
-        out += [(g["groupName"], g["template"]["spec"]) for g in spec["rayClusterSpec"]["workerGroupSpecs"]]
-        return out
-    return []
+rayjobs_of = devtools.rayjobs_of
+pod_specs = devtools.pod_specs
 
 
 @pytest.mark.parametrize("values", [None, GPU_VALUES], ids=["default", "gpu-pool"])
@@ -125,8 +108,9 @@ def test_rayjob_shape(renders):
         assert workers["replicas"] == {"train_resnet": 2, "compare": 0}.get(exp, 1)
         env = {e["name"]: e for e in pod["containers"][0]["env"]}
         assert env["SHAPEBIAS_RAY_STORAGE"]["value"] == "s3://shapebias-artifacts/ray"
-        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "shapebias-s3"
-        assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "admin-password"
+        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "shapebias-s3-job"
+        assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "shapebias-mlflow-job",
+                                                                                 "key": "password"}
         assert env["MLFLOW_TRACKING_URI"]["value"] == "http://shapebias-mlflow.shapebias.svc.cluster.local:5000"
 
 
@@ -212,22 +196,6 @@ def test_every_pod_runs_as_non_root(renders):
     assert seen >= 4 * (2 + 2 * 10)
 
 
-def test_network_policies(renders):
-    s3 = {d["metadata"]["name"]: d for d in renders["in-cluster-s3"] if d["kind"] == "NetworkPolicy"}
-    assert set(s3) == {"shapebias-postgresql", "shapebias-s3"}
-    db_from = s3["shapebias-postgresql"]["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
-    assert db_from == {"app.kubernetes.io/instance": "shapebias", "shapebias.io/db-client": "true"}
-    docs = renders["in-cluster-s3"]
-    mlflow_labels = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "shapebias-mlflow")[
-        "spec"]["template"]["metadata"]["labels"]
-    assert mlflow_labels["shapebias.io/db-client"] == "true" and mlflow_labels["shapebias.io/s3-client"] == "true"
-    for job in rayjobs_of(docs):
-        head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["metadata"]["labels"]
-        assert head["shapebias.io/s3-client"] == "true" and "shapebias.io/db-client" not in head
-    assert not [d for d in renders["external-db"] if d["kind"] in ("StatefulSet", "NetworkPolicy")
-                and "postgresql" in d["metadata"]["name"]]
-
-
 @pytest.mark.parametrize(
     "sets, message",
     [
@@ -240,6 +208,14 @@ def test_network_policies(renders):
         ({"postgresql.enabled": False, "externalDatabase.host": "db"}, "externalDatabase.existingSecret is required"),
         ({"podSecurityContext.runAsNonRoot": False}, "runAsNonRoot"),
         ({"mlflow.auth.defaultPermission": "ALL"}, "defaultPermission"),
+        ({"mlflow.auth.jobSecret": ""}, "mlflow.auth.jobSecret is required"),
+        ({"mlflow.auth.jobSecret": "shapebias-mlflow-auth"}, "mlflow.auth.jobSecret must differ"),
+        ({"s3.jobSecret": ""}, "s3.jobSecret is required"),
+        ({"s3.jobSecret": "shapebias-s3"}, "s3.jobSecret must differ"),
+        ({"rayjobs.auth.existingSecret": ""}, "rayjobs.auth.existingSecret is required"),
+        ({"postgresql.tls.existingSecret": ""}, "postgresql.tls.existingSecret is required"),
+        ({"image.training.digest": "sha256:abc"}, "digest"),
+        ({"securityContext.capabilities": {"drop": []}}, "capabilities"),
     ],
 )
 def test_missing_required_values_fail_with_a_message(sets, message):
@@ -255,8 +231,8 @@ def test_images_match_the_project():
     """The chart's image tags follow the chart's appVersion; the Dockerfile's pins follow requirements.txt."""
     chart = yaml.safe_load((devtools.CHART_DIR / "Chart.yaml").read_text())
     values = yaml.safe_load((devtools.CHART_DIR / "values.yaml").read_text())
-    assert values["image"]["tag"] == chart["appVersion"]
-    assert values["image"]["serverTag"] == f"{chart['appVersion']}-server"
+    assert values["image"]["training"]["tag"] == chart["appVersion"]
+    assert values["image"]["server"]["tag"] == f"{chart['appVersion']}-server"
     dockerfile = (devtools.REPO_ROOT / "platform" / "Dockerfile").read_text()
     pins = dict(
         line.split("==") for line in (devtools.REPO_ROOT / "requirements.txt").read_text().splitlines()
@@ -280,9 +256,18 @@ def test_fetch_helm_is_idempotent_and_real():
     assert path == devtools.BIN_DIR / "helm" and version.startswith("v4.")
 
 
+def start_script() -> dict:
+    """The server's start script as a module namespace (its main() not run)."""
+    namespace = {"__name__": "mlflow_start"}
+    path = devtools.CHART_DIR / "files" / "mlflow-start.py"
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    return namespace
+
+
 def test_mlflow_start_script(tmp_path, monkeypatch):
     """The server's start script: URL-quoted DB password, a private auth config, the bucket made
-    on an S3 API (moto), and the `mlflow server` flags; credentials never in the arguments."""
+    on an S3 API (moto), the job account set up, and the `mlflow server` flags; credentials never
+    in the arguments, the job account's password not left in the server's environment."""
     import configparser
 
     import moto
@@ -291,6 +276,7 @@ def test_mlflow_start_script(tmp_path, monkeypatch):
     env = {
         "DB_USERNAME": "mlflow", "DB_PASSWORD": password, "DB_HOST": "db", "DB_PORT": "5432", "DB_NAME": "mlflow",
         "MLFLOW_AUTH_ADMIN_USERNAME": "admin", "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-pw",
+        "MLFLOW_JOB_USERNAME": "jobs", "MLFLOW_JOB_PASSWORD": "job-pw", "JOB_EXPERIMENT": "shapebias",
         "MLFLOW_FLASK_SERVER_SECRET_KEY": "k" * 32, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": "https://s3.us-east-1.amazonaws.com",
         "S3_BUCKET": "shapebias", "S3_CREATE_BUCKET": "true", "MLFLOW_PORT": "5000",
@@ -301,11 +287,12 @@ def test_mlflow_start_script(tmp_path, monkeypatch):
         monkeypatch.setenv(k, v)
     for k in ("MLFLOW_BACKEND_STORE_URI", "MLFLOW_AUTH_CONFIG_PATH"):  # the script sets them: undo afterwards
         monkeypatch.setenv(k, "")
-    execs = []
+    script = start_script()
+    provisioned, execs = [], []
+    script["provision_job_account"] = lambda *args: provisioned.append(args)
     monkeypatch.setattr(os, "execvp", lambda file, args: execs.append(args))
-    script = (devtools.CHART_DIR / "files" / "mlflow-start.py").read_text()
     with moto.mock_aws():
-        exec(compile(script, "mlflow-start.py", "exec"), {"__name__": "__main__"})
+        script["main"]()
         import boto3
 
         assert [b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"]] == ["shapebias"]
@@ -313,7 +300,7 @@ def test_mlflow_start_script(tmp_path, monkeypatch):
     assert args[:2] == ["mlflow", "server"]
     assert "--serve-artifacts" in args and args[args.index("--app-name") + 1] == "basic-auth"
     assert args[args.index("--allowed-hosts") + 1] == "a,a:5000"
-    assert not any(password in a or "admin-pw" in a for a in args)
+    assert not any(password in a or "admin-pw" in a or "job-pw" in a for a in args)
     ini = tmp_path / "auth" / "basic_auth.ini"
     assert oct(ini.stat().st_mode & 0o777) == "0o600"
     parser = configparser.ConfigParser()
@@ -322,4 +309,34 @@ def test_mlflow_start_script(tmp_path, monkeypatch):
 
     url = make_url(parser["mlflow"]["database_uri"])
     assert url.password == password and url.host == "db" and url.database == "mlflow"
+    assert url.query["sslmode"] == "require"
     assert os.environ["MLFLOW_BACKEND_STORE_URI"] == parser["mlflow"]["database_uri"]
+    ((db_uri, user, job_pw, experiment),) = provisioned
+    assert (db_uri, user, job_pw, experiment) == (parser["mlflow"]["database_uri"], "jobs", "job-pw", "shapebias")
+    assert "MLFLOW_JOB_PASSWORD" not in os.environ
+
+
+def test_start_script_refuses_the_admin_as_job_account(monkeypatch):
+    script = start_script()
+    env = {var: "x" for var in script["REQUIRED"]}
+    with pytest.raises(SystemExit, match="must not be the admin account"):
+        script["check_env"](env)
+
+
+def test_job_account_has_edit_on_its_experiment_only(tmp_path):
+    """Provisioned twice (a restart, a second replica): one non-admin user with EDIT on the jobs'
+    experiment, and no permission row anywhere else; the password follows the Secret."""
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    db_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    provision = start_script()["provision_job_account"]
+    first = provision(db_uri, "jobs", "first-password", "shapebias")
+    assert provision(db_uri, "jobs", "second-password", "shapebias") == first
+    store = SqlAlchemyStore()
+    store.init_db(db_uri)
+    user = store.get_user("jobs")
+    assert user.is_admin is False
+    perms = store.list_experiment_permissions("jobs")
+    assert [(p.experiment_id, p.permission) for p in perms] == [(first, "EDIT")]
+    assert store.authenticate_user("jobs", "second-password")
+    assert not store.authenticate_user("jobs", "first-password")

@@ -7,7 +7,7 @@ import os
 import pytest
 import yaml
 
-from shapebias import devtools
+from tools import devtools
 from shapebias.cluster import EXPERIMENTS
 
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -25,6 +25,26 @@ def test_manifests_match_the_chart():
     assert sorted(present) == sorted(expected), "run `make manifests`"
     stale = [name for name in expected if expected[name] != present[name]]
     assert stale == [], f"manifests/ is out of date ({stale}): run `make manifests`"
+
+
+def test_chart_docs_match_the_values():
+    """The chart's README.md and the schema's descriptions come from the `# --` comments of
+    values.yaml, and every value is documented."""
+    from tools import chartdocs
+
+    files, problems = chartdocs.render(devtools.CHART_DIR)
+    assert problems == []
+    stale = [p.name for p, text in files.items() if p.read_text() != text]
+    assert stale == [], f"{stale} out of date: run `make chart-docs`"
+
+
+def test_chart_docs_find_undocumented_values():
+    from tools import chartdocs
+
+    text = "# -- documented\na: 1\nb:\n  # -- nested\n  c: x\n  d: [1]\n"
+    docs = chartdocs.descriptions(text)
+    assert docs == {"a": "documented", "b.c": "nested"}
+    assert chartdocs.undocumented(yaml.safe_load(text), docs) == ["b.d"]
 
 
 def test_one_rayjob_per_experiment(kuberay_dir):

@@ -19,12 +19,19 @@
 {{- define "shapebias.mlflow.fullname" -}}{{ include "shapebias.fullname" . | trunc 56 | trimSuffix "-" }}-mlflow{{- end -}}
 {{- define "shapebias.postgresql.fullname" -}}{{ include "shapebias.fullname" . | trunc 52 | trimSuffix "-" }}-postgresql{{- end -}}
 {{- define "shapebias.s3.fullname" -}}{{ include "shapebias.fullname" . | trunc 60 | trimSuffix "-" }}-s3{{- end -}}
+{{- define "shapebias.rayjobs.fullname" -}}{{ include "shapebias.fullname" . | trunc 55 | trimSuffix "-" }}-rayjobs{{- end -}}
 {{- define "shapebias.ray.serviceAccount" -}}{{ include "shapebias.fullname" . | trunc 59 | trimSuffix "-" }}-ray{{- end -}}
 
-{{/* Labels */}}
+{{/* Labels. The selector labels plus app.kubernetes.io/component select a component's pods;
+NetworkPolicies select peers by them within the release's namespace only. */}}
 {{- define "shapebias.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "shapebias.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "shapebias.componentSelector" -}}
+{{ include "shapebias.selectorLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- define "shapebias.labels" -}}
@@ -38,29 +45,38 @@ app.kubernetes.io/part-of: shapebias
 {{- end }}
 {{- end -}}
 
-{{/* Images: repository:tag[@digest] */}}
-{{- define "shapebias.imageRef" -}}
-{{- $ref := printf "%s:%s" .repository .tag -}}
-{{- if .digest -}}{{- $ref = printf "%s@%s" $ref .digest -}}{{- end -}}
+{{/* Images: repository:tag, or repository:tag@digest when a digest pins it. Called with an
+image's values and the value path for the error message: (list .Values.image.training "image.training"). */}}
+{{- define "shapebias.image" -}}
+{{- $img := index . 0 -}}
+{{- $path := index . 1 -}}
+{{- $ref := printf "%s:%s" (required (printf "%s.repository is required" $path) $img.repository) (required (printf "%s.tag is required (pin the image)" $path) $img.tag) -}}
+{{- if $img.digest -}}{{- $ref = printf "%s@%s" $ref $img.digest -}}{{- end -}}
 {{- $ref -}}
 {{- end -}}
-{{- define "shapebias.trainingImage" -}}
-{{- include "shapebias.imageRef" (dict "repository" (required "image.repository is required" .Values.image.repository) "tag" (required "image.tag is required (pin the training image)" .Values.image.tag) "digest" .Values.image.digest) -}}
-{{- end -}}
-{{- define "shapebias.serverImage" -}}
-{{- include "shapebias.imageRef" (dict "repository" (required "image.repository is required" .Values.image.repository) "tag" (required "image.serverTag is required (pin the MLflow server image)" .Values.image.serverTag) "digest" "") -}}
-{{- end -}}
+{{- define "shapebias.trainingImage" -}}{{ include "shapebias.image" (list .Values.image.training "image.training") }}{{- end -}}
+{{- define "shapebias.serverImage" -}}{{ include "shapebias.image" (list .Values.image.server "image.server") }}{{- end -}}
 
 {{/* Required values: fail with a message naming the value and what it is for. */}}
 {{- define "shapebias.validate" -}}
 {{- $_ := required "mlflow.auth.existingSecret is required: the name of a Secret with keys admin-username, admin-password, flask-secret-key" .Values.mlflow.auth.existingSecret -}}
 {{- $_ := required "s3.bucket is required: the S3 bucket for MLflow artifacts and Ray Train checkpoints" .Values.s3.bucket -}}
+{{- $_ := required "mlflow.auth.jobSecret is required: the name of a Secret with keys username, password (the RayJobs' MLflow account)" .Values.mlflow.auth.jobSecret -}}
 {{- $_ := required "s3.existingSecret is required: the name of a Secret with keys access-key-id, secret-access-key" .Values.s3.existingSecret -}}
+{{- $_ := required "s3.jobSecret is required: the name of a Secret with keys access-key-id, secret-access-key (the RayJobs' own S3 key)" .Values.s3.jobSecret -}}
+{{- $_ := required "rayjobs.auth.existingSecret is required: the name of a Secret with key auth_token (Ray token authentication)" .Values.rayjobs.auth.existingSecret -}}
+{{- if eq .Values.mlflow.auth.jobSecret .Values.mlflow.auth.existingSecret -}}
+{{- fail "mlflow.auth.jobSecret must differ from mlflow.auth.existingSecret: the RayJobs get their own MLflow account, never the admin's" -}}
+{{- end -}}
+{{- if eq .Values.s3.jobSecret .Values.s3.existingSecret -}}
+{{- fail "s3.jobSecret must differ from s3.existingSecret: the RayJobs get their own S3 key, not the MLflow server's" -}}
+{{- end -}}
 {{- if not .Values.s3.inCluster.enabled -}}
 {{- $_ := required "s3.endpoint is required: the S3 endpoint URL (e.g. https://s3.us-east-1.amazonaws.com), or set s3.inCluster.enabled=true" .Values.s3.endpoint -}}
 {{- end -}}
 {{- if .Values.postgresql.enabled -}}
 {{- $_ := required "postgresql.existingSecret is required: the name of a Secret with keys username, password" .Values.postgresql.existingSecret -}}
+{{- $_ := required "postgresql.tls.existingSecret is required: the name of a kubernetes.io/tls Secret with the database server's certificate" .Values.postgresql.tls.existingSecret -}}
 {{- else -}}
 {{- $_ := required "externalDatabase.host is required when postgresql.enabled=false" .Values.externalDatabase.host -}}
 {{- $_ := required "externalDatabase.existingSecret is required when postgresql.enabled=false: a Secret with keys username, password" .Values.externalDatabase.existingSecret -}}
@@ -106,224 +122,3 @@ http://{{ include "shapebias.s3.fullname" . }}.{{ .Release.Namespace }}.svc.{{ .
 {{- join "," $hosts -}}
 {{- end -}}
 
-{{/* Security contexts */}}
-{{- define "shapebias.podSecurityContext" -}}
-{{ toYaml .Values.podSecurityContext }}
-{{- end -}}
-{{- define "shapebias.containerSecurityContext" -}}
-{{ toYaml .Values.securityContext }}
-{{- end -}}
-
-{{/* Environment shared by every RayJob pod: MLflow and S3 settings from the chart's Secrets. */}}
-{{- define "shapebias.rayjob.env" -}}
-- name: MLFLOW_TRACKING_URI
-  value: {{ include "shapebias.mlflow.url" . | quote }}
-- name: MLFLOW_TRACKING_USERNAME
-  valueFrom:
-    secretKeyRef: {name: {{ .Values.mlflow.auth.existingSecret | quote }}, key: admin-username}
-- name: MLFLOW_TRACKING_PASSWORD
-  valueFrom:
-    secretKeyRef: {name: {{ .Values.mlflow.auth.existingSecret | quote }}, key: admin-password}
-- name: MLFLOW_EXPERIMENT_NAME
-  value: {{ .Values.rayjobs.experimentName | quote }}
-- name: AWS_ACCESS_KEY_ID
-  valueFrom:
-    secretKeyRef: {name: {{ .Values.s3.existingSecret | quote }}, key: access-key-id}
-- name: AWS_SECRET_ACCESS_KEY
-  valueFrom:
-    secretKeyRef: {name: {{ .Values.s3.existingSecret | quote }}, key: secret-access-key}
-- name: AWS_DEFAULT_REGION
-  value: {{ .Values.s3.region | quote }}
-- name: AWS_ENDPOINT_URL
-  value: {{ include "shapebias.s3.endpoint" . | quote }}
-- name: MLFLOW_S3_ENDPOINT_URL
-  value: {{ include "shapebias.s3.endpoint" . | quote }}
-- name: SHAPEBIAS_RAY_STORAGE
-  value: {{ printf "s3://%s/ray" .Values.s3.bucket | quote }}
-- name: HOME
-  value: /tmp
-{{- if .Values.rayjobs.data.existingClaim }}
-- name: SHAPEBIAS_SHARED_DIR
-  value: {{ .Values.rayjobs.data.mountPath | quote }}
-{{- end }}
-{{- with .Values.rayjobs.extraEnv }}
-{{ toYaml . }}
-{{- end }}
-{{- end -}}
-
-{{- define "shapebias.rayjob.volumes" -}}
-- name: tmp
-  emptyDir: {}
-- name: dshm
-  emptyDir: {medium: Memory}
-{{- if .Values.rayjobs.data.existingClaim }}
-- name: data
-  persistentVolumeClaim: {claimName: {{ .Values.rayjobs.data.existingClaim | quote }}, readOnly: true}
-{{- end }}
-{{- end -}}
-
-{{- define "shapebias.rayjob.volumeMounts" -}}
-- {name: tmp, mountPath: /tmp}
-- {name: dshm, mountPath: /dev/shm}
-{{- if .Values.rayjobs.data.existingClaim }}
-- {name: data, mountPath: {{ .Values.rayjobs.data.mountPath | quote }}, readOnly: true}
-{{- end }}
-{{- end -}}
-
-{{/*
-One RayJob for an experiment. Called with (dict "ctx" $ "experiment" "train_resnet").
-The entry point is `python -m shapebias.cluster driver EXPERIMENT --job-name NAME -P k=v ...`:
-the driver finds or creates the MLflow run of this RayJob (so a retry resumes it), points Ray
-Train storage at s3://<bucket>/ray/<run id> and runs `python -m training.<experiment>` with
-MLproject's flags. `shapebias submit` replaces the name and the -P parameters.
-*/}}
-{{- define "shapebias.rayjob" -}}
-{{- $ := .ctx -}}
-{{- $exp := .experiment -}}
-{{- $cfg := index $.Values.rayjobs.experiments $exp -}}
-{{- $name := printf "%s-%s" (include "shapebias.fullname" $ | trunc 30 | trimSuffix "-") ($exp | replace "_" "-") -}}
-{{- $params := list -}}
-{{- range $k, $v := ($cfg.params | default dict) -}}
-{{- $params = append $params (printf "-P %s" (printf "%s=%v" $k $v | squote)) -}}
-{{- end -}}
-{{- $podLabels := dict "app.kubernetes.io/instance" $.Release.Name "app.kubernetes.io/component" "rayjob" "shapebias.io/s3-client" "true" "shapebias.io/experiment" $exp -}}
-apiVersion: ray.io/v1
-kind: RayJob
-metadata:
-  name: {{ $name }}
-  namespace: {{ $.Release.Namespace }}
-  labels:
-    {{- include "shapebias.labels" $ | nindent 4 }}
-    app.kubernetes.io/component: rayjob
-    shapebias.io/experiment: {{ $exp }}
-spec:
-  entrypoint: {{ printf "python -m shapebias.cluster driver %s --job-name %s %s" $exp $name (join " " $params) | trim | quote }}
-  entrypointNumGpus: {{ $cfg.entrypointNumGpus | default 0 }}
-  submissionMode: K8sJobMode
-  backoffLimit: {{ $.Values.rayjobs.backoffLimit }}
-  shutdownAfterJobFinishes: true
-  ttlSecondsAfterFinished: {{ $.Values.rayjobs.ttlSecondsAfterFinished }}
-  activeDeadlineSeconds: {{ $.Values.rayjobs.activeDeadlineSeconds }}
-  submitterPodTemplate:
-    metadata:
-      labels:
-        {{- toYaml $podLabels | nindent 8 }}
-    spec:
-      restartPolicy: Never
-      serviceAccountName: {{ include "shapebias.ray.serviceAccount" $ }}
-      automountServiceAccountToken: false
-      securityContext:
-        {{- include "shapebias.podSecurityContext" $ | nindent 8 }}
-      {{- with $.Values.imagePullSecrets }}
-      imagePullSecrets:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      containers:
-        - name: ray-job-submitter
-          image: {{ include "shapebias.trainingImage" $ }}
-          imagePullPolicy: {{ $.Values.image.pullPolicy }}
-          env:
-            - {name: HOME, value: /tmp}
-          resources:
-            requests: {cpu: 100m, memory: 256Mi}
-            limits: {cpu: "1", memory: 1Gi}
-          securityContext:
-            {{- include "shapebias.containerSecurityContext" $ | nindent 12 }}
-          volumeMounts:
-            - {name: tmp, mountPath: /tmp}
-      volumes:
-        - name: tmp
-          emptyDir: {}
-  rayClusterSpec:
-    rayVersion: {{ $.Values.rayjobs.rayVersion | quote }}
-    enableInTreeAutoscaling: false
-    headGroupSpec:
-      rayStartParams:
-        dashboard-host: "0.0.0.0"
-        num-gpus: "0"
-      template:
-        metadata:
-          labels:
-            {{- toYaml $podLabels | nindent 12 }}
-        spec:
-          serviceAccountName: {{ include "shapebias.ray.serviceAccount" $ }}
-          automountServiceAccountToken: false
-          securityContext:
-            {{- include "shapebias.podSecurityContext" $ | nindent 12 }}
-          {{- with $.Values.imagePullSecrets }}
-          imagePullSecrets:
-            {{- toYaml . | nindent 12 }}
-          {{- end }}
-          {{- with $.Values.rayjobs.head.nodeSelector }}
-          nodeSelector:
-            {{- toYaml . | nindent 12 }}
-          {{- end }}
-          {{- with $.Values.rayjobs.head.tolerations }}
-          tolerations:
-            {{- toYaml . | nindent 12 }}
-          {{- end }}
-          containers:
-            - name: ray-head
-              image: {{ include "shapebias.trainingImage" $ }}
-              imagePullPolicy: {{ $.Values.image.pullPolicy }}
-              ports:
-                - {name: gcs, containerPort: 6379}
-                - {name: dashboard, containerPort: 8265}
-                - {name: client, containerPort: 10001}
-              env:
-                {{- include "shapebias.rayjob.env" $ | nindent 16 }}
-              resources:
-                {{- toYaml $.Values.rayjobs.head.resources | nindent 16 }}
-              securityContext:
-                {{- include "shapebias.containerSecurityContext" $ | nindent 16 }}
-              volumeMounts:
-                {{- include "shapebias.rayjob.volumeMounts" $ | nindent 16 }}
-          volumes:
-            {{- include "shapebias.rayjob.volumes" $ | nindent 12 }}
-    workerGroupSpecs:
-      - groupName: gpu
-        replicas: {{ $cfg.workers }}
-        minReplicas: {{ $cfg.workers }}
-        maxReplicas: {{ max $cfg.workers 1 }}
-        rayStartParams: {}
-        template:
-          metadata:
-            labels:
-              {{- toYaml $podLabels | nindent 14 }}
-          spec:
-            serviceAccountName: {{ include "shapebias.ray.serviceAccount" $ }}
-            automountServiceAccountToken: false
-            securityContext:
-              {{- include "shapebias.podSecurityContext" $ | nindent 14 }}
-            {{- with $.Values.imagePullSecrets }}
-            imagePullSecrets:
-              {{- toYaml . | nindent 14 }}
-            {{- end }}
-            {{- with $.Values.rayjobs.gpuWorkers.nodeSelector }}
-            nodeSelector:
-              {{- toYaml . | nindent 14 }}
-            {{- end }}
-            {{- with $.Values.rayjobs.gpuWorkers.tolerations }}
-            tolerations:
-              {{- toYaml . | nindent 14 }}
-            {{- end }}
-            containers:
-              - name: ray-worker
-                image: {{ include "shapebias.trainingImage" $ }}
-                imagePullPolicy: {{ $.Values.image.pullPolicy }}
-                env:
-                  {{- include "shapebias.rayjob.env" $ | nindent 18 }}
-                resources:
-                  requests:
-                    {{- toYaml $.Values.rayjobs.gpuWorkers.resources.requests | nindent 20 }}
-                    nvidia.com/gpu: {{ $.Values.rayjobs.gpuWorkers.gpus | quote }}
-                  limits:
-                    {{- toYaml $.Values.rayjobs.gpuWorkers.resources.limits | nindent 20 }}
-                    nvidia.com/gpu: {{ $.Values.rayjobs.gpuWorkers.gpus | quote }}
-                securityContext:
-                  {{- include "shapebias.containerSecurityContext" $ | nindent 18 }}
-                volumeMounts:
-                  {{- include "shapebias.rayjob.volumeMounts" $ | nindent 18 }}
-            volumes:
-              {{- include "shapebias.rayjob.volumes" $ | nindent 14 }}
-{{- end -}}
