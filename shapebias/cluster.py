@@ -164,13 +164,16 @@ def check_name(name: str) -> str:
     return name
 
 
-def render(template: dict, experiment: str, params: dict[str, str], name: str, namespace: str) -> dict:
-    """A RayJob to create: the template with a new name, namespace and parameters."""
+def render(template: dict, experiment: str, params: dict[str, str], name: str, namespace: str,
+           check: bool = True) -> dict:
+    """A RayJob to create: the template with a new name, namespace and parameters (checked
+    against MLproject unless ``check`` is false)."""
     if template.get("kind") != "RayJob" or template.get("apiVersion") != f"{GROUP}/{VERSION}":
         raise ConfigError(f"the template for {experiment} is not a {GROUP}/{VERSION} RayJob")
     body = yaml.safe_load(yaml.safe_dump(template))  # deep copy
     merged = {**entrypoint_params(body["spec"].get("entrypoint", "")), **params}
-    job_args(experiment, merged)  # every parameter checked against MLproject before anything is sent
+    if check:
+        job_args(experiment, merged)  # every parameter checked against MLproject before anything is sent
     meta = body.setdefault("metadata", {})
     for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields", "generateName"):
         meta.pop(key, None)
@@ -397,7 +400,15 @@ def submit_main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     check_experiment(args.experiment)
     params = parse_params(args.param)
-    job_args(args.experiment, params, require_all=False)  # unknown/bad parameters fail before the cluster is touched
+    # With MLproject at hand (a checkout, the image, SHAPEBIAS_MLPROJECT) unknown or bad parameters
+    # fail before the cluster is touched; an installed shapebias without it leaves the check to the
+    # RayJob's driver, which runs in the training image.
+    check = mlproject_path().is_file()
+    if check:
+        job_args(args.experiment, params, require_all=False)
+    else:
+        print(f"note: no MLproject at {mlproject_path()}: the parameters are checked by the RayJob's driver "
+              "in the cluster (set SHAPEBIAS_MLPROJECT to check them here)", file=sys.stderr)
     name = check_name(args.name) if args.name else job_name(args.release, args.experiment)
 
     api = None
@@ -418,7 +429,7 @@ def submit_main(argv: list[str] | None) -> int:
         namespace = namespace or ctx_ns
         template = fetch_template(api, namespace, args.release, args.experiment)
     namespace = namespace or template.get("metadata", {}).get("namespace") or "default"
-    body = render(template, args.experiment, params, name, namespace)
+    body = render(template, args.experiment, params, name, namespace, check=check)
 
     if args.dry_run:
         sys.stdout.write(yaml.safe_dump(body, sort_keys=False))

@@ -175,6 +175,17 @@ def test_dry_run_without_a_cluster_takes_a_template_file(tmp_path, monkeypatch, 
     assert yaml.safe_load(capsys.readouterr().out)["spec"]["entrypoint"].endswith("-P data_dir=/data/jeep")
 
 
+def test_installed_without_a_checkout(api, tmp_path, monkeypatch, capsys):
+    """An installed shapebias without MLproject: the template still comes from the cluster and the
+    parameters go to the RayJob's driver, which checks them in the training image."""
+    monkeypatch.setenv("SHAPEBIAS_MLPROJECT", str(tmp_path / "absent" / "MLproject"))
+    api.answer("POST", RAYJOBS, (201, "echo"))
+    assert submit("shape_bias", "-P", "topk=0.3") == 0
+    (post,) = api.sent("POST", RAYJOBS)
+    assert post["body"]["spec"]["entrypoint"].endswith("-P topk=0.3")
+    assert "checked by the RayJob's driver" in capsys.readouterr().err
+
+
 def test_no_kube_context(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
     assert submit("train_resnet") == 2
