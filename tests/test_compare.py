@@ -230,7 +230,7 @@ def log_runs(uri: str, experiment: str, runs: list[Run]) -> str:
     return exp_id
 
 
-def test_sql_fast_path_reads_what_the_client_reads(mlflow_store):
+def test_sql_read_returns_what_the_search_api_returns(mlflow_store):
     from mlflow.tracking import MlflowClient
 
     from training import compare
@@ -242,8 +242,8 @@ def test_sql_fast_path_reads_what_the_client_reads(mlflow_store):
     client = MlflowClient(mlflow_store)
     gone = client.create_run(exp_id)
     client.delete_run(gone.info.run_id)
-    fast = compare._read_sql(client, {exp_id: "e1"})
-    slow = compare._read_client(client, {exp_id: "e1"})
+    fast = compare.read_runs_sql(client, {exp_id: "e1"})
+    slow = compare.search_runs(client, {exp_id: "e1"})
     assert fast is not None and len(fast) == len(slow) == 6
 
     def key(rs):
@@ -252,6 +252,7 @@ def test_sql_fast_path_reads_what_the_client_reads(mlflow_store):
                        sorted(r.tags.items())) for r in rs)
 
     assert key(fast) == key(slow)
+    assert key(compare.search_runs(client, {exp_id: "e1"}, page_size=4)) == key(slow)  # two pages
 
 
 def test_compare_main_bad_experiments(mlflow_store, capsys):

@@ -298,14 +298,10 @@ def truthy(name: str, value: str) -> bool:
 
 
 def read_experiment_runs(client, experiment: str) -> list[Run]:
-    from training.compare import _read_client, _read_sql
+    from training.compare import load_runs
 
     exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    ids = {exp.experiment_id: experiment}
-    runs = _read_sql(client, ids)
-    return runs if runs is not None else _read_client(client, ids)
+    return [] if exp is None else load_runs(client, {exp.experiment_id: experiment})
 
 
 @cli_main
