@@ -7,7 +7,8 @@ Layout: one folder per shape category, each image named ``<shape>N-<texture>M.pn
 
 Where it comes from: model-vs-human's release (``shapebias data fetch cue-conflict``, see
 :mod:`shapebias.data.fetch`); where it is found: ``--data-dir``, else the setting
-``SHAPEBIAS_CUE_CONFLICT_DIR`` / ``shared/data/cue-conflict`` (:func:`shapebias.settings.cue_conflict_dir`).
+``SHAPEBIAS_CUE_CONFLICT_DIR``, the fetched copy, or ``shared/data/cue-conflict``
+(:func:`shapebias.settings.cue_conflict_dir`).
 
 Images are 224 x 224 and are fed as model-vs-human feeds them to PyTorch models: ``ToTensor``
 and ImageNet normalisation, with ``Resize(256)`` + ``CenterCrop(224)`` only for images of
@@ -60,7 +61,7 @@ def resolve_dir(data_dir: str | Path | None = None) -> Path:
         raise DataError(
             "no cue-conflict folder given and none configured: pass --data-dir, set "
             "SHAPEBIAS_CUE_CONFLICT_DIR, or download it with `shapebias data fetch cue-conflict` "
-            "(then point SHAPEBIAS_CUE_CONFLICT_DIR at the folder it prints)"
+            "(the jobs then find it in the user data folder)"
         )
     return found
 

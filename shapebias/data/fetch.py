@@ -2,7 +2,7 @@
 
 Usage::
 
-    shapebias data list                         what can be fetched, and where it goes
+    shapebias data                              what can be fetched, where it goes, what is there
     shapebias data fetch cue-conflict [--dest DIR] [--force]
     shapebias data verify cue-conflict [PATH]   check a local copy against the registry
 
@@ -10,8 +10,13 @@ The registry :data:`SOURCES` is a plain dict: one entry per data set with its pu
 checksums. ``sha256`` is the checksum of the downloaded archive (None where the project could
 not record it offline: the command then prints the archive's checksum for the user to
 compare); ``tree_sha256`` is the checksum of the extracted content (see :func:`tree_digest`),
-which is checked after every download and by ``verify``. Files land under
-``$SHAPEBIAS_DATA_HOME`` (default ``~/.cache/shapebias``).
+which is checked after every download and by ``verify``.
+
+Downloads go through torchvision's ``download_url`` (redirects, a tqdm progress bar); the
+archive is then extracted here with tarfile's ``data`` filter, which refuses members that
+would land outside the target folder (torchvision's own extraction has no such filter). Data
+sets land in the user data folder (:func:`shapebias.settings.data_home`,
+``~/.cache/shapebias/data``), where the jobs look for them without any setting.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -102,29 +108,31 @@ def verify(name: str, path: str | Path) -> Path:
     return path
 
 
-def _download(url: str, dest: Path) -> None:
-    from tqdm import tqdm
-
+def download(url: str, dest: Path) -> None:
+    """Download ``url`` to the file ``dest`` with a progress bar; a ``file:`` URL (a local mirror)
+    is copied. DataError if it fails."""
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp, open(dest, "wb") as out:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
-                while block := resp.read(1 << 20):
-                    out.write(block)
-                    bar.update(len(block))
-    except OSError as exc:  # URLError is an OSError
+        if url.startswith("file:"):
+            shutil.copyfile(urllib.request.url2pathname(urllib.parse.urlparse(url).path), dest)
+            return
+        from torchvision.datasets.utils import download_url  # imports torch: only when downloading
+
+        download_url(url, str(dest.parent), dest.name)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError
         raise DataError(f"could not download {url}: {exc}") from None
 
 
 def _extract(archive: Path, into: Path) -> None:
     if archive.name.endswith((".tar.gz", ".tgz", ".tar")):
-        with tarfile.open(archive) as tar:
-            tar.extractall(into, filter="data")  # refuses absolute paths and links out of `into`
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(into, filter="data")  # refuses absolute paths and links out of `into`
+        except tarfile.TarError as exc:
+            raise DataError(f"cannot extract {archive.name}: {exc}") from None
     elif archive.name.endswith(".zip"):
         with zipfile.ZipFile(archive) as zf:
             for member in zf.namelist():
-                target = (into / member).resolve()
-                if not str(target).startswith(str(into.resolve())):
+                if not (into / member).resolve().is_relative_to(into.resolve()):
                     raise DataError(f"{archive} holds a path outside the target folder: {member}")
             zf.extractall(into)
     else:
@@ -142,7 +150,7 @@ def fetch(name: str, dest: str | Path | None = None, *, force: bool = False) -> 
     with tempfile.TemporaryDirectory(dir=dest, prefix=f".{name}-") as tmp:
         tmp = Path(tmp)
         archive = tmp / entry["url"].rsplit("/", 1)[-1]
-        _download(entry["url"], archive)
+        download(entry["url"], archive)
         digest = file_sha256(archive)
         if entry.get("sha256") and digest != entry["sha256"]:
             raise DataError(f"checksum mismatch for {entry['url']}: got {digest}, expected {entry['sha256']}")
@@ -161,34 +169,58 @@ def fetch(name: str, dest: str | Path | None = None, *, force: bool = False) -> 
     return target
 
 
-def main(argv: list[str] | None = None) -> int:
+def local_copy(name: str) -> Path:
+    """Where the jobs look for a data set (its setting, the user data folder, shared/)."""
+    if name == "cue-conflict":
+        found = settings.cue_conflict_dir()
+        if found is not None:
+            return found
+    return settings.data_home() / source(name)["folder"]
+
+
+def describe() -> str:
+    """Every data set that can be fetched: what it is, where from, where it goes, and whether it is there."""
+    lines = ["data sets that `shapebias data fetch NAME` downloads:"]
+    for name, entry in SOURCES.items():
+        here = local_copy(name)
+        target = settings.data_home() / entry["folder"]
+        state = f"present at {here}" if here.is_dir() else f"not downloaded (goes to {target})"
+        lines += [f"  {name}: {entry['description']}", f"    from {entry['url']}", f"    {state}",
+                  f"    cite: {entry['citation']}"]
+    lines += ["", "The few-shot sets of Table 2 have no public archive: build them from an ImageNet training folder",
+              "with `python -m shapebias.data.few_shot prepare NAME --imagenet-train DIR`."]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="shapebias data", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("list", help="list the data sets that can be fetched")
+    sub = parser.add_subparsers(dest="action")
+    sub.add_parser("list", help="list the data sets that can be fetched (the default)")
     p_fetch = sub.add_parser("fetch", help="download, check and extract a data set")
-    p_fetch.add_argument("name")
-    p_fetch.add_argument("--dest", default="", help="parent folder (default $SHAPEBIAS_DATA_HOME)")
+    p_fetch.add_argument("name", help=f"one of: {', '.join(SOURCES)}")
+    p_fetch.add_argument("--dest", default="", help="parent folder (default: the user data folder, "
+                         f"{settings.data_home()}; jobs find data sets there without settings)")
     p_fetch.add_argument("--force", action="store_true", help="download again even if present")
     p_verify = sub.add_parser("verify", help="check a local copy against the registered checksum")
-    p_verify.add_argument("name")
-    p_verify.add_argument("path", nargs="?", default="", help="default: the configured local copy")
-    args = parser.parse_args(argv)
+    p_verify.add_argument("name", help=f"one of: {', '.join(SOURCES)}")
+    p_verify.add_argument("path", nargs="?", default="", help="default: the copy the jobs use")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
-        if args.action == "list":
-            for name, entry in SOURCES.items():
-                print(f"{name}: {entry['description']}\n    from {entry['url']}\n    to   {settings.data_home() / entry['folder']}")
+        if args.action in (None, "list"):
+            print(describe())
             return 0
         if args.action == "fetch":
             path = fetch(args.name, args.dest or None, force=args.force)
+            print(f"{args.name}: {path}")
             setting = source(args.name).get("setting")
-            print(f"{args.name}: {path}" + (f"\nuse it with: export {setting}={path}" if setting else ""))
+            if setting and local_copy(args.name) != path:
+                print(f"the jobs do not look in {path.parent}; use this copy with: export {setting}={path}")
             return 0
-        path = args.path
-        if not path:
-            entry = source(args.name)
-            path = os.environ.get(entry.get("setting") or "", "") or (
-                str(settings.cue_conflict_dir() or "") if args.name == "cue-conflict" else ""
-            ) or str(settings.data_home() / entry["folder"])
+        path = Path(args.path) if args.path else local_copy(args.name)
         verify(args.name, path)
         print(f"{args.name}: {path} matches the registered checksum")
         return 0
