@@ -56,14 +56,12 @@ def _compile(src: str, compiler: str, target: Path) -> None:
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    rows = [i64] * 7  # rows, C, sN, sC, ss, n, keep
-    lib.shapebias_topk_f32.argtypes = [ptr, ptr, ptr, *rows, cint, cint]
+    ptr, cint = ctypes.c_void_p, ctypes.c_int
+    rows = [ctypes.c_int64] * 7  # rows, C, sN, sC, ss, n, keep
+    lib.shapebias_topk_f32.argtypes = [ptr, ptr, ptr, ptr, *rows, cint, cint]
     lib.shapebias_topk_f32.restype = cint
-    lib.shapebias_topk_mean_backward_f32.argtypes = [ptr, ptr, ptr, *rows, cint]
-    lib.shapebias_topk_mean_backward_f32.restype = cint
-    lib.shapebias_mask_mul_f32.argtypes = [ptr, ptr, ptr, i64, cint]
-    lib.shapebias_mask_mul_f32.restype = None
+    lib.shapebias_topk_backward_f32.argtypes = [ptr, ptr, ptr, *rows, cint, cint]
+    lib.shapebias_topk_backward_f32.restype = cint
     return lib
 
 

@@ -40,9 +40,10 @@ Implementations
 :func:`topk` (what :class:`TopK` calls) picks, per call:
 
 * ``cpu``: the C kernel of :mod:`shapebias._topk_kernel` (``csrc/topk.c``; OpenMP; compiled on
-  first use and cached) for float32 CPU tensors in either contiguous format. Per row it finds the
-  exact keep-th largest key by a radix select on the float's bits, then writes the output and a
-  byte per position (kept / receives the mean) in one pass; backward reads only that byte.
+  first use and cached) for float32 CPU tensors. Per row, a histogram of the keys' top byte finds
+  the bin holding the keep-th largest key, a radix select among that bin's members finds the key
+  exactly, and one pass writes the output; the backward reads only packed bits (one bit per
+  position: kept; two in the mean modes: kept, receives the mean), an eighth of a bool mask.
 * ``torch``: the same threshold method in plain PyTorch (``topk`` values, compare, ties resolved by
   a cumulative count only where they occur) for CUDA, other dtypes, and machines without a compiler.
 * ``reference``: :func:`topk_reference`, the definition.
@@ -224,21 +225,39 @@ def _rows(x: torch.Tensor) -> tuple[int, ...]:
     return n * c, c, s_n, s_c, (s_w if w > 1 else s_h), h * w
 
 
-def _cpu_topk(x: torch.Tensor, keep: int, mode: str, want_out: bool):
-    """Run the C kernel on a float32 CPU (N, C, H, W) tensor: (out or None, code).
+def _cpu_topk(x: torch.Tensor, keep: int, mode: str, want_out: bool = True, want_mask: bool = False):
+    """Run the C kernel on a float32 CPU (N, C, H, W) tensor: (out, packed bits, bool mask).
 
-    ``code`` has ``x``'s strides: bool (pass) for ``topk``/``complement``, else uint8 (bit 0 kept,
-    bit 1 receives the mean)."""
+    ``out`` (when ``want_out``) has ``x``'s strides; the packed bits (what the backward reads: one
+    bit per position, two in the mean modes) are (N * C, bytes per row) and returned when
+    ``want_out``; the bool mask of passed positions (kept, or dropped in ``complement``) when
+    ``want_mask``. What is not wanted is None."""
     x = _dense(x.detach())
-    code = torch.empty_strided(x.shape, x.stride(), dtype=torch.uint8 if mode in MEAN_MODES else torch.bool)
+    rows, n = x.shape[0] * x.shape[1], x.shape[2] * x.shape[3]
+    planes = 2 if mode in MEAN_MODES else 1
     out = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype) if want_out else None
+    bits = torch.empty((rows, planes * ((n + 7) // 8)), dtype=torch.uint8) if want_out else None
+    mask = torch.empty_strided(x.shape, x.stride(), dtype=torch.uint8) if want_mask else None
     rc = kernel.kernel().shapebias_topk_f32(
-        x.data_ptr(), out.data_ptr() if want_out else None, code.data_ptr(), *_rows(x), keep,
+        x.data_ptr(), *(t.data_ptr() if t is not None else None for t in (out, mask, bits)), *_rows(x), keep,
         _KERNEL_MODE[mode], torch.get_num_threads(),
     )
     if rc != 0:
         raise MemoryError("the C Top-K kernel could not allocate its row buffers")
-    return out, code
+    return out, bits, (mask & 1).bool() if mask is not None else None
+
+
+def _cpu_backward(grad: torch.Tensor, bits: torch.Tensor, keep: int, mode: str) -> torch.Tensor:
+    """The backward of every mode by the C kernel, from the packed bits of :func:`_cpu_topk`."""
+    grad = _dense(grad)
+    out = torch.empty_strided(grad.shape, grad.stride(), dtype=grad.dtype)
+    rc = kernel.kernel().shapebias_topk_backward_f32(
+        grad.data_ptr(), bits.data_ptr(), out.data_ptr(), *_rows(grad), keep, _KERNEL_MODE[mode],
+        torch.get_num_threads(),
+    )
+    if rc != 0:
+        raise MemoryError("the C Top-K kernel could not allocate its row buffers")
+    return out
 
 
 def _backend(x: torch.Tensor, backend: str | None) -> str:
@@ -265,67 +284,42 @@ def topk_mask(x: torch.Tensor, k: float, backend: str | None = None, raw: bool =
     if chosen == "reference":
         return reference_mask(x, k, raw)
     if chosen == "cpu" and keep < h * w:
-        code = _cpu_topk(x, keep, "topk_mean_raw" if raw else "topk", want_out=False)[1]
-        return code if code.dtype == torch.bool else (code & 1).bool()
+        return _cpu_topk(x, keep, "topk_mean_raw" if raw else "topk", want_out=False, want_mask=True)[2]
     return _threshold_mask(x, keep, raw)
 
 
-def _same_layout(grad: torch.Tensor, code: torch.Tensor) -> bool:
-    return (
-        grad.dtype == torch.float32 and grad.device.type == "cpu" and grad.stride() == code.stride()
-        and _dense(grad) is grad and kernel.kernel() is not None
-    )
+class _KernelTopK(torch.autograd.Function):
+    """Every mode by the C kernel, saving only the packed bits of :func:`_cpu_topk` (one bit per
+    position, two in the mean modes) for the backward."""
+
+    @staticmethod
+    def forward(ctx, x, keep: int, mode: str):
+        out, bits, _ = _cpu_topk(x, keep, mode)
+        ctx.save_for_backward(bits)
+        ctx.keep, ctx.mode = keep, mode
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (bits,) = ctx.saved_tensors
+        return _cpu_backward(grad, bits, ctx.keep, ctx.mode), None, None
 
 
 class _MaskedPass(torch.autograd.Function):
-    """``topk``/``complement``: ``out = x * pass``, saving only the boolean ``pass``; backward
-    ``grad * pass``."""
+    """``topk``/``complement`` in PyTorch: ``out = x * pass``, saving only the boolean ``pass``;
+    backward ``grad * pass``."""
 
     @staticmethod
-    def forward(ctx, x, keep: int, mode: str, backend: str):
-        if backend == "cpu":
-            out, passed = _cpu_topk(x, keep, mode, want_out=True)
-        else:
-            kept = _threshold_mask(x, keep)
-            passed = ~kept if mode == "complement" else kept
-            out = x * passed
+    def forward(ctx, x, keep: int, mode: str):
+        kept = _threshold_mask(x, keep)
+        passed = ~kept if mode == "complement" else kept
         ctx.save_for_backward(passed)
-        return out
+        return x * passed
 
     @staticmethod
     def backward(ctx, grad):
         (passed,) = ctx.saved_tensors
-        if not _same_layout(grad, passed):
-            return grad * passed, None, None, None
-        out = torch.empty_strided(grad.shape, grad.stride(), dtype=grad.dtype)
-        kernel.kernel().shapebias_mask_mul_f32(
-            grad.data_ptr(), passed.data_ptr(), out.data_ptr(), grad.numel(), torch.get_num_threads()
-        )
-        return out, None, None, None
-
-
-class _KernelMean(torch.autograd.Function):
-    """The mean modes by the C kernel, saving only the byte ``code`` per position."""
-
-    @staticmethod
-    def forward(ctx, x, keep: int, mode: str):
-        out, code = _cpu_topk(x, keep, mode, want_out=True)
-        ctx.save_for_backward(code)
-        ctx.keep = keep
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (code,) = ctx.saved_tensors
-        if not _same_layout(grad, code):
-            return _mean_backward(grad, (code & 1).bool(), (code & 2).bool(), ctx.keep), None, None
-        out = torch.empty_strided(grad.shape, grad.stride(), dtype=grad.dtype)
-        rc = kernel.kernel().shapebias_topk_mean_backward_f32(
-            grad.data_ptr(), code.data_ptr(), out.data_ptr(), *_rows(grad), ctx.keep, torch.get_num_threads()
-        )
-        if rc != 0:
-            raise MemoryError("the C Top-K kernel could not allocate its row buffers")
-        return out, None, None
+        return grad * passed, None, None
 
 
 def topk(x: torch.Tensor, k: float, mode: str = "topk", backend: str | None = None) -> torch.Tensor:
@@ -344,11 +338,11 @@ def topk(x: torch.Tensor, k: float, mode: str = "topk", backend: str | None = No
     if chosen == "reference":
         return topk_reference(x, k, mode)
     keep = kept_count(k, x.shape[-2] * x.shape[-1])
-    if mode in MEAN_MODES and chosen == "cpu":
-        return _KernelMean.apply(x, keep, mode)
+    if chosen == "cpu":
+        return _KernelTopK.apply(x, keep, mode)
     if mode in MEAN_MODES:
         return _MeanReplace.apply(x, _threshold_mask(x, keep, ranks_raw(mode)), ranks_raw(mode), keep)
-    return _MaskedPass.apply(x, keep, mode, chosen)
+    return _MaskedPass.apply(x, keep, mode)
 
 
 class TopK(nn.Module):

@@ -166,11 +166,16 @@ def test_cpu_kernel_builds_and_is_used():
     assert S._backend(x.double(), None) == "torch"  # the kernel covers float32 only
 
 
-def test_fast_saves_only_a_bool_mask():
+@pytest.mark.parametrize("mode", S.MODES)
+def test_fast_saves_only_a_mask(mode):
     x = distinct(2, 3, 8, 8).requires_grad_(True)
-    y = S.topk(x, 0.2)
-    saved = y.grad_fn.saved_tensors
-    assert len(saved) == 1 and saved[0].dtype == torch.bool
+    saved = S.topk(x, 0.2, mode, "torch").grad_fn.saved_tensors
+    assert all(t.dtype == torch.bool for t in saved)
+    if S.cpu_kernel() is None:
+        return
+    (bits,) = S.topk(x, 0.2, mode, "cpu").grad_fn.saved_tensors  # packed: one bit per position and code bit
+    planes = 2 if mode in S.MEAN_MODES else 1
+    assert bits.dtype == torch.uint8 and bits.shape == (2 * 3, planes * 8)
 
 
 def test_fallback_without_compiler(monkeypatch, tmp_path):
