@@ -2,7 +2,7 @@
 
 Both specs (``code``, ``paper``), the model of ``training/train_resnet.py`` (``build_model``),
 Top-K at ``layer2`` with k = 0.2: the fast path (what the job uses) and, for comparison, the same
-network with the direct formulation swapped in. One batch of random images, variants interleaved.
+network with the direct formulation swapped in. One batch of random images; variants timed by ``torch.utils.benchmark`` in interleaved rounds.
 On CUDA the options ``channels_last``, ``bf16`` (autocast) and ``compile`` (``torch.compile``)
 apply, alone or joined with ``+``.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import med, median_times, peak_memory_mb
+from benchmarks.common import compare_table, interleaved, med, peak_memory_mb, seconds
 from shapebias import sparsity
 
 CPU_OPTIONS = ("plain",)
@@ -75,7 +75,8 @@ def make_step(model: nn.Module, spec: str, x: torch.Tensor, y: torch.Tensor, dev
 
 def run(quick: bool, repeats: int, devices: list[str], image_size: int, batch: int, stem_stride: int,
         options: dict[str, tuple[str, ...]], progress=print) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
+    measurements: list = []
     variants = ("dense", "topk", "topk-direct")
     for device in devices:
         for opt_name in options.get("cuda" if device.startswith("cuda") else "cpu", ("plain",)):
@@ -98,13 +99,16 @@ def run(quick: bool, repeats: int, devices: list[str], image_size: int, batch: i
                     if "compile" in flags:
                         model = torch.compile(model)
                     steps[variant] = make_step(model, spec, x, y, device, "bf16" in flags)
-                times = median_times(steps, repeats, device, warmup=2 if "compile" in flags else 1)
+                label = f"ResNet-18 step, {device}, {opt_name}, {batch}x3x{image_size}^2 /{stem_stride}"
+                timed = interleaved(steps, repeats, label=label, sub_label=spec, warmup=2 if "compile" in flags else 1)
+                measurements.extend(timed.values())
+                times = {name: seconds(m) for name, m in timed.items()}
                 base = med(times["dense"])
                 for variant in variants:
                     row: dict[str, Any] = {
                         "device": device, "options": opt_name, "spec": spec, "variant": variant,
                         "batch": batch, "image_size": image_size, "stem_stride": stem_stride,
-                        "step_ms": med(times[variant]) * 1e3,
+                        "step_ms": med(times[variant]) * 1e3, "step_min_ms": min(times[variant]) * 1e3,
                         "all_ms": [round(t * 1e3, 1) for t in times[variant]],
                         "over_dense": med(times[variant]) / base,
                     }
@@ -114,4 +118,5 @@ def run(quick: bool, repeats: int, devices: list[str], image_size: int, batch: i
                     progress(f"  step {device} {opt_name} {spec:<5} {variant:<11}: {row['step_ms']:.0f} ms ({row['over_dense']:.3f}x dense)")
                 del steps, models, x, y
                 gc.collect()
+    progress(compare_table(measurements))
     return rows

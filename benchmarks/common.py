@@ -6,40 +6,53 @@ import os
 import platform
 import statistics
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils import benchmark
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def median_times(fns: dict[str, Callable[[], Any]], repeats: int, device: str = "cpu", warmup: int = 1) -> dict[str, list[float]]:
-    """Run every function ``warmup`` times, then ``repeats`` rounds, interleaved (A B C A B C ...)
-    so that load from other processes drifts over all variants alike. Returns seconds per call."""
+def interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, label: str = "", sub_label: str = "", warmup: int = 1,
+) -> dict[str, benchmark.Measurement]:
+    """Time every function ``repeats`` times, interleaved (A B C A B C ...) so that load from other
+    processes drifts over all variants alike: one :class:`torch.utils.benchmark.Timer` per function,
+    each round one ``blocked_autorange(min_run_time=0)`` per function (one untimed call, then one
+    timed call; CUDA is synchronised around it), merged into one Measurement per function.
+    ``warmup`` untimed calls of each function come first."""
+    threads = torch.get_num_threads()
+    timers = {
+        name: benchmark.Timer("fn()", globals={"fn": fn}, label=label, sub_label=sub_label, description=name,
+                              num_threads=threads)
+        for name, fn in fns.items()
+    }
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    sync(device)
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    runs: dict[str, list[benchmark.Measurement]] = {name: [] for name in fns}
     for _ in range(repeats):
-        for name, fn in fns.items():
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - t0)
-    return times
+        for name, timer in timers.items():
+            runs[name].append(timer.blocked_autorange(min_run_time=0))
+    return {name: benchmark.Measurement.merge(ms)[0] for name, ms in runs.items()}
+
+
+def seconds(m: benchmark.Measurement) -> list[float]:
+    """The measured times of one call each, in seconds, in the order they ran."""
+    return [t / m.number_per_run for t in m.raw_times]
 
 
 def med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
+
+
+def compare_table(measurements: list[benchmark.Measurement]) -> str:
+    """``torch.utils.benchmark.Compare``'s table of the measurements (medians)."""
+    table = benchmark.Compare(measurements)
+    table.trim_significant_figures()
+    return str(table)
 
 
 # ---- memory ---------------------------------------------------------------------------------
@@ -102,30 +115,22 @@ def peak_memory_mb(fn: Callable[[], Any], device: str = "cpu") -> float | None:
     return max(0, peak - before) / 1024
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        tree.setdefault(ppid, []).append(int(entry))
-    return tree
-
-
 def tree_rss_mb(root: int | None = None) -> float:
     """Resident memory of a process and all its descendants (Ray's services and workers), MiB."""
-    root = root or os.getpid()
-    tree, todo, total = _children(), [root], 0
-    while todo:
-        pid = todo.pop()
-        total += _status_kb("VmRSS", pid) or 0
-        todo += tree.get(pid, [])
-    return total / 1024
+    import psutil
+
+    try:
+        proc = psutil.Process(root or os.getpid())
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:  # ended meanwhile
+            pass
+    return total / 2**20
 
 
 @dataclass
@@ -173,16 +178,21 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "mem_total_gb": round((os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / 2**30, 1),
+        "mem_total_gb": round(_total_memory() / 2**30, 1),
     }
     return info
 
 
+def _total_memory() -> int:
+    import psutil
+
+    return psutil.virtual_memory().total
+
+
 def load_average() -> list[float]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return []
+    import psutil
+
+    return [round(v, 2) for v in psutil.getloadavg()]
 
 
 def results_dir() -> Path:

@@ -59,3 +59,28 @@ def test_bad_section_is_refused(capsys):
     with pytest.raises(SystemExit):
         harness.parse_args(["--sections", "topk,gpu"])
     assert "unknown section" in capsys.readouterr().err
+
+
+def test_tree_memory_counts_child_processes():
+    import subprocess
+    import sys
+    import time
+
+    alone = common.tree_rss_mb()
+    child = subprocess.Popen([sys.executable, "-c", "b = bytearray(96 << 20); print(1, flush=True); input()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "1"  # the child holds its 96 MiB now
+        time.sleep(0.1)
+        assert common.tree_rss_mb() - alone >= 90
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_interleaved_measurements():
+    calls = []
+    ms = common.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=0)
+    assert [len(common.seconds(m)) for m in ms.values()] == [3, 3]
+    assert "".join(calls) == "aabb" * 3  # per round: each function's untimed call, then its timed call
+    assert "a" in common.compare_table(list(ms.values()))
