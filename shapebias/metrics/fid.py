@@ -1,27 +1,27 @@
-"""Fréchet Inception Distance through pytorch-fid (its InceptionV3, statistics and distance).
+"""Fréchet Inception Distance on pytorch-fid's Inception network, in two protocols.
 
-Weights: pytorch-fid's port of the TensorFlow FID Inception, ``pt_inception-2015-12-05-6726825d.pth``,
-from the torch hub cache (``$TORCH_HOME/hub/checkpoints/``) or an explicit file. Nothing is
-downloaded: a missing file raises :class:`WeightsError` naming the file and the folder. A file
-whose SHA-256 does not start with ``6726825d`` (the hash in the official file name) still works
-but is reported as *unverified* (:func:`weights_verified`), and the training job then logs the
-score as ``fid_unverified``, never as ``fid``.
+Weights: pytorch-fid's port of the TensorFlow FID Inception, ``pt_inception-2015-12-05-6726825d.pth``
+(the same weights as torch-fidelity's ``inception-v3-compat``), from the torch hub cache
+(``$TORCH_HOME/hub/checkpoints/``) or an explicit file. Nothing is downloaded: a missing file
+raises :class:`WeightsError` naming the file and the folder. A file whose SHA-256 does not start
+with ``6726825d`` (the hash in the official file name) still works but is reported as
+*unverified* (:func:`weights_verified`), and the training job then logs the score as
+``fid_unverified``, never as ``fid``.
 
-Images go through files, as in pytorch-fid: generated images and the reference set (the
-training folder, resized to the generator's size) are written as PNG, and pytorch-fid's
-``calculate_activation_statistics`` reads them (pixels in [0, 1], which its InceptionV3 maps to
-[-1, 1]).
+Protocols (:data:`PROTOCOLS`; the differences are listed in ``docs/fastgan.md``):
 
-Protocols (:data:`PROTOCOLS`):
+``standard``  pytorch-fid's own pipeline: generated images and the reference set (the training
+              folder resized bicubically to the generator's size) are written as PNG files and
+              read back by ``calculate_activation_statistics`` (pixels in [0, 1], bilinear resize
+              to 299 px inside pytorch-fid, then [-1, 1]); 5,000 generated images, one score per
+              evaluation, every 5,000 iterations.
+``authors``   the authors' evaluator (``TopKGen/utlis/eval_agent_module.py``, torch-fidelity),
+              rebuilt on pytorch-fid's network in :mod:`shapebias.metrics.fid_authors`: 3,000
+              generated images (whole sampling batches), both image sets squeezed into uint8
+              [127, 255], TensorFlow-1 bilinear resize to 299 px, ``(x - 128) / 128``; each
+              evaluation repeated 3 times keeping the best; every 1,000 iterations.
 
-``standard``  5,000 generated images; reference images resized with bicubic filtering; the
-              reported score of a run is the best of its evaluations and the last is kept too.
-``authors``   FastGAN's evaluation as used by Li et al. (2023): 2,000 generated images (the
-              ``n_sample`` default of FastGAN's evaluation script), reference images resized to
-              (size, size) with bilinear filtering (``transforms.Resize``), the best FID over the
-              checkpoints evaluated. Their pixel scaling, [-1, 1] images into an Inception built
-              with ``normalize_input=False``, is reproduced literally; it is numerically the same
-              mapping as pytorch-fid's [0, 1] input with ``normalize_input=True``.
+Both report the best evaluation of a run as its ``fid`` (the last is kept too).
 """
 
 from __future__ import annotations
@@ -51,9 +51,11 @@ DIMS = 2048
 @dataclass(frozen=True)
 class FidProtocol:
     name: str
-    n_samples: int
+    n_samples: int  # generated images per evaluation (authors: rounded down to whole batches)
+    repeats: int  # evaluations per scoring; the best (lowest) is the score
+    every: int  # iterations between evaluations
+    pixels: str  # "png-files" (pytorch-fid) or "uint8[127,255]" (the authors' evaluator)
     resize_filter: str  # how the reference images are resized to the generator's size
-    input_range: str  # "[0,1]" (pytorch-fid) or "[-1,1]" (FastGAN's benchmarking script)
     report: str = "best"  # the run's `fid` is the best of its evaluations
 
     def params(self) -> dict[str, str]:
@@ -61,8 +63,8 @@ class FidProtocol:
 
 
 PROTOCOLS = {
-    "standard": FidProtocol("standard", 5000, "bicubic", "[0,1]"),
-    "authors": FidProtocol("authors", 2000, "bilinear", "[-1,1]"),
+    "standard": FidProtocol("standard", 5000, 1, 5000, "png-files", "bicubic"),
+    "authors": FidProtocol("authors", 3000, 3, 1000, "uint8[127,255]", "bilinear"),
 }
 
 
@@ -125,7 +127,7 @@ def check_dims(dims) -> int:
 
 
 def load_inception(weights: str | os.PathLike, device: str | torch.device = "cpu", normalize_input: bool = True,
-                   dims: int = DIMS):
+                   dims: int = DIMS, resize_input: bool = True):
     """pytorch-fid's ``InceptionV3`` with the weights in ``weights``.
 
     ``dims`` picks pytorch-fid's feature block: 2048 (pool3, the FID) or 64/192/768 (earlier
@@ -143,7 +145,8 @@ def load_inception(weights: str | os.PathLike, device: str | torch.device = "cpu
 
     with _inception_state_from(load):
         try:
-            model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[dims]], normalize_input=normalize_input)
+            model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[dims]], resize_input=resize_input,
+                                normalize_input=normalize_input)
         except RuntimeError as exc:  # state dict does not fit the architecture
             raise WeightsError(f"{weights} is not a pytorch-fid Inception state dict: {str(exc)[:300]}") from None
     model.fid_dims = dims
@@ -219,34 +222,16 @@ def write_reference(files: Iterable[Path], size: int, folder: str | Path, protoc
 # ----------------------------------------------------------------------------- statistics
 
 
-def statistics(files: list[Path], model, protocol: FidProtocol, batch_size: int = 50, device="cpu"):
+def statistics(files: list[Path], model, batch_size: int = 50, device="cpu"):
     """Mean and covariance of the model's activations on image files (pytorch-fid's code)."""
     from pytorch_fid.fid_score import calculate_activation_statistics
 
     dims = getattr(model, "fid_dims", DIMS)
     if len(files) < 2:
         raise ConfigError(f"FID needs at least 2 images per set, got {len(files)}")
-    if protocol.input_range == "[0,1]":
-        return calculate_activation_statistics(
-            [str(f) for f in files], model, min(batch_size, len(files)), dims, device, num_workers=0
-        )
-    # FastGAN's benchmarking script: ToTensor then Normalize(0.5, 0.5) -> [-1, 1], fed to an
-    # Inception built with normalize_input=False. Wrap the model so that pytorch-fid's loader
-    # ([0, 1] tensors) feeds it exactly that.
-    if getattr(model, "normalize_input", True):
-        raise ConfigError("the authors' protocol needs an Inception built with normalize_input=False")
     return calculate_activation_statistics(
-        [str(f) for f in files], _MinusOneToOne(model), min(batch_size, len(files)), dims, device, num_workers=0
+        [str(f) for f in files], model, min(batch_size, len(files)), dims, device, num_workers=0
     )
-
-
-class _MinusOneToOne(torch.nn.Module):
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model((x - 0.5) / 0.5)
 
 
 def frechet_distance(stats_a, stats_b) -> float:
@@ -255,43 +240,81 @@ def frechet_distance(stats_a, stats_b) -> float:
     return float(calculate_frechet_distance(stats_a[0], stats_a[1], stats_b[0], stats_b[1]))
 
 
-def fid_of_folders(folder_a, folder_b, weights, protocol: str | FidProtocol = "standard", device="cpu",
-                   dims: int = DIMS) -> float:
-    """FID between two folders of same-size PNG/JPEG images."""
-    proto = protocol if isinstance(protocol, FidProtocol) else get_protocol(protocol)
-    model = load_inception(weights, device, normalize_input=proto.input_range == "[0,1]", dims=dims)
+def fid_of_folders(folder_a, folder_b, weights, device="cpu", dims: int = DIMS) -> float:
+    """FID between two folders of same-size PNG/JPEG images, by pytorch-fid's pipeline."""
+    model = load_inception(weights, device, dims=dims)
     ext = (".png", ".jpg", ".jpeg")
     files = [sorted(p for p in Path(f).iterdir() if p.suffix.lower() in ext) for f in (folder_a, folder_b)]
-    return frechet_distance(statistics(files[0], model, proto, device=device), statistics(files[1], model, proto, device=device))
+    return frechet_distance(statistics(files[0], model, device=device), statistics(files[1], model, device=device))
+
+
+def draw(sample: Callable[[int], torch.Tensor], n: int, batch: int) -> Iterator[torch.Tensor]:
+    """Batches of ``batch`` images from ``sample`` until ``n`` are drawn (the last may be smaller)."""
+    done = 0
+    while done < n:
+        images = sample(min(batch, n - done))
+        done += len(images)
+        yield images
 
 
 class FidEvaluator:
-    """Scores a generator against a reference folder; the reference statistics are computed once.
+    """Scores a generator against a reference set; the reference statistics are computed once.
 
-    ``sample(n) -> (n, 3, H, W)`` in [-1, 1] provides generated images.
+    ``sample(n) -> (n, 3, H, W)`` (images meant to lie in [-1, 1]) provides generated images,
+    ``sample_batch`` at a time. A call runs the protocol's ``repeats`` evaluations and returns the
+    best; :attr:`last_scores` keeps them all and :attr:`samples_drawn` counts the images drawn.
     """
 
     def __init__(self, reference_files: list[Path], im_size: int, weights, protocol: str | FidProtocol,
-                 device="cpu", n_samples: int | None = None, batch_size: int = 50, dims: int = DIMS) -> None:
+                 device="cpu", n_samples: int | None = None, sample_batch: int = 8, dims: int = DIMS,
+                 batch_size: int = 50) -> None:
         self.protocol = protocol if isinstance(protocol, FidProtocol) else get_protocol(protocol)
+        self.sample_batch = int(sample_batch)
         self.n_samples = int(n_samples or self.protocol.n_samples)
         self.device = device
         self.batch_size = batch_size
-        self.model = load_inception(weights, device, normalize_input=self.protocol.input_range == "[0,1]", dims=dims)
-        self._tmp = tempfile.TemporaryDirectory(prefix="shapebias-fid-")
-        ref = write_reference(reference_files, im_size, Path(self._tmp.name) / "reference", self.protocol)
-        self.reference = statistics(ref, self.model, self.protocol, batch_size, device)
+        self.last_scores: list[float] = []
+        self.samples_drawn = 0
+        if self.protocol.name == "authors":
+            from shapebias.metrics import fid_authors
 
-    def __call__(self, sample: Callable[[int], torch.Tensor], batch: int = 16) -> float:
+            self._impl = fid_authors.AuthorsScorer(reference_files, im_size, weights, device, dims, batch_size)
+        else:
+            self._impl = _StandardScorer(reference_files, im_size, weights, self.protocol, device, dims, batch_size)
+
+    def __call__(self, sample: Callable[[int], torch.Tensor]) -> float:
+        def counted(n: int) -> torch.Tensor:
+            images = sample(n)
+            self.samples_drawn += len(images)
+            return images
+
+        self.last_scores = [self._impl.score(counted, self.n_samples, self.sample_batch)
+                            for _ in range(self.protocol.repeats)]
+        return min(self.last_scores)
+
+    def close(self) -> None:
+        self._impl.close()
+
+
+class _StandardScorer:
+    """pytorch-fid's pipeline: PNG files in, ``calculate_activation_statistics``."""
+
+    def __init__(self, reference_files, im_size, weights, protocol: FidProtocol, device, dims, batch_size) -> None:
+        self.model = load_inception(weights, device, dims=dims)
+        self.device, self.batch_size = device, batch_size
+        self._tmp = tempfile.TemporaryDirectory(prefix="shapebias-fid-")
+        ref = write_reference(reference_files, im_size, Path(self._tmp.name) / "reference", protocol)
+        self.reference = statistics(ref, self.model, batch_size, device)
+
+    def score(self, sample, n: int, batch: int) -> float:
         folder = Path(self._tmp.name) / "generated"
         if folder.exists():
             for p in folder.iterdir():
                 p.unlink()
         files: list[Path] = []
-        while len(files) < self.n_samples:
-            n = min(batch, self.n_samples - len(files))
-            files += save_images(sample(n), folder, start=len(files))
-        return frechet_distance(statistics(files, self.model, self.protocol, self.batch_size, self.device), self.reference)
+        for images in draw(sample, n, batch):
+            files += save_images(images, folder, start=len(files))
+        return frechet_distance(statistics(files, self.model, self.batch_size, self.device), self.reference)
 
     def close(self) -> None:
         self._tmp.cleanup()
