@@ -1,17 +1,24 @@
-"""Train FastGAN with Top-K sparsity on a few-shot folder, scored by FID (seed Table 2).
+"""Train FastGAN with Top-K sparsity on a few-shot folder, scored by FID (Table 2).
 
     mlflow run . -e train_fastgan --env-manager local -P data_dir=../shared/data/few-shot/jeep \
         -P im_size=64 -P iterations=20 -P batch_size=4 -P recon_loss=l1 -P fid_every=0
     python -m training.train_fastgan --data-dir ../shared/data/few-shot/jeep --im-size 64 ...
 
+Defaults follow the authors' run scripts (``TopKGen/scripts/<dataset>/run.sh``): 256 px, batch 8,
+100,000 iterations, Top-K 5 % after the 32x32 map (15 % for ``table``), no noise, rollback after
+10 evaluations without a better FID with G perturbed by 1e-4. The FID protocol defaults to
+``standard`` (pytorch-fid's pipeline); ``--fid-protocol authors`` is the authors' evaluator
+(:mod:`shapebias.metrics.fid_authors`). See ``docs/fastgan.md``.
+
 The driver creates (or resumes) the MLflow run, checks the input (folder, size, weights) and
-starts a one-worker Ray Train ``TorchTrainer`` named after the MLflow run id: starting the job
-again with the same run (``--run-id`` or ``MLFLOW_RUN_ID``) continues from the last checkpoint.
-Rank 0 logs the losses (``loss_d_real``, ``loss_d_fake``, ``loss_recon``, ``loss_g``), the FID
-curve (``fid``, step = iteration) and sample grids (``samples/iter_XXXXXX.png``) of the EMA
-generator. At the end the driver logs the best FID again as the last point of ``fid`` (step =
-iterations + 1, so the run's ``fid`` value is the best), ``fid_best_iteration``, ``fid_last``,
-a final grid and the EMA generator (``model/generator_ema.pt``).
+starts a one-worker Ray Train ``TorchTrainer`` (:mod:`training.fastgan_worker`) named after the
+MLflow run id: starting the job again with the same run (``--run-id`` or ``MLFLOW_RUN_ID``)
+continues from the last checkpoint. Rank 0 logs the losses (``loss_d_real``, ``loss_d_fake``,
+``loss_recon``, ``loss_g``), the FID curve (``fid``, step = iteration), rollbacks
+(``rollback_to``) and sample grids (``samples/iter_XXXXXX.png``) of the EMA generator. At the end
+the driver logs the best FID again as the last point of ``fid`` (step = iterations + 1, so the
+run's ``fid`` value is the best), ``fid_best_iteration``, ``fid_last``, ``steps_run``,
+``rollbacks``, a final grid and the EMA generator (``model/generator_ema.pt``).
 
 A score computed with Inception weights whose hash is not the official one, or with a feature
 size other than 2048 (``--fid-dims``, for cheap checks), is logged as ``fid_unverified`` (tag
@@ -22,28 +29,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
-import random
 import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from shapebias.errors import ConfigError, ShapebiasError, check_choice, check_fraction
+from shapebias.metrics.fid import PROTOCOLS
 from shapebias.models import fastgan as fg
 from training.cliargs import number as _number, unquote as _unquote
 
 TASK = "train_fastgan"
-CHECKPOINT_FILE = "checkpoint.pt"
-GRID_SAMPLES = 16
-AUGMENT = "color,translation"
+PROTOCOL_NAMES = tuple(PROTOCOLS)
 
 
 @dataclasses.dataclass
@@ -52,13 +53,13 @@ class Config:
 
     data_dir: str = ""
     im_size: int = 256
-    iterations: int = 50000
+    iterations: int = 100000
     batch_size: int = 8
     sparsity: str = "topk"
     topk: float = 0.05
     noise_injection: bool = False
     recon_loss: str = "lpips"
-    fid_every: int = 5000
+    fid_every: int = -1  # -1: the protocol's interval (standard 5,000, authors 1,000); 0: no FID
     fid_weights: str = ""
     fid_protocol: str = "standard"
     fid_samples: int = 0  # 0: the protocol's sample count
@@ -67,12 +68,23 @@ class Config:
     width: int = 64  # ngf = ndf (paper: 64)
     lr: float = 0.0002
     ema_decay: float = 0.999
+    rollback_patience: int = 10  # evaluations without a better FID before a rollback; 0 = never
+    perturb_g: float = 1e-4  # U(-eps, eps) added to G's parameters after a rollback
+    perturb_d: float = 0.0
     checkpoint_every: int = 1000
     storage_path: str = ""
 
     @property
     def dataset(self) -> str:
         return Path(self.data_dir.rstrip("/")).name if self.data_dir.strip() else ""
+
+    def fid_interval(self) -> int:
+        """Iterations between FID evaluations (0: none)."""
+        if self.fid_every >= 0:
+            return self.fid_every
+        from shapebias.metrics.fid import get_protocol
+
+        return get_protocol(self.fid_protocol).every
 
     def validate(self) -> Config:
         for f in dataclasses.fields(self):
@@ -83,15 +95,17 @@ class Config:
         check_choice("sparsity", self.sparsity, fg.SPARSITY)
         self.topk = check_fraction("topk", self.topk)
         check_choice("recon_loss", self.recon_loss, fg.RECON_LOSSES)
-        from shapebias.metrics.fid import PROTOCOLS
-
         check_choice("fid_protocol", self.fid_protocol, tuple(PROTOCOLS))
         for name in ("iterations", "batch_size", "width", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not accepted; expected a positive integer")
-        for name in ("fid_every", "fid_samples"):
+        if self.fid_every < -1:
+            raise ConfigError(f"fid_every={self.fid_every!r} is not accepted; expected -1 (the protocol's), 0 (off) or a positive integer")
+        for name in ("fid_samples", "rollback_patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not accepted; expected 0 (off/default) or a positive integer")
+        if self.perturb_g < 0 or self.perturb_d < 0:
+            raise ConfigError(f"perturb_g={self.perturb_g!r} / perturb_d={self.perturb_d!r}: expected >= 0")
         from shapebias.metrics.fid import check_dims
 
         check_dims(self.fid_dims)
@@ -106,7 +120,10 @@ class Config:
         p["noise_injection"] = "true" if self.noise_injection else "false"
         p["dataset"] = self.dataset
         p["nz"] = fg.NZ
-        p["augment"] = AUGMENT
+        p["augment"] = fg.AUGMENT
+        p["fid_every"] = self.fid_interval() if self.fid_protocol in PROTOCOL_NAMES else self.fid_every
+        p["recon_reduction"] = "sum"
+        p["fid_sampling"] = "batchnorm-train"
         return p
 
     def run_name(self) -> str:
@@ -124,166 +141,6 @@ def parse_bool(name: str, value) -> bool:
     if text in ("false", "0", "no", "off", ""):
         return False
     raise ConfigError(f"{name}={value!r} is not accepted; choose true or false")
-
-
-# ------------------------------------------------------------------------------ training step
-
-
-def train_step(G, D, opt_g, opt_d, real: torch.Tensor, recon) -> dict[str, float]:
-    """One FastGAN iteration: a D step (hinge + reconstruction on real, hinge on fake), a G step."""
-    s = D.small_size
-    z = torch.randn(real.shape[0], G.nz, device=real.device)
-    fake_big, fake_small = G(z)
-    real_big = fg.diff_augment(real, AUGMENT)
-    real_small = F.interpolate(real_big, size=(s, s), mode="bilinear", align_corners=False)
-    fake_big, fake_small = fg.diff_augment(fake_big, AUGMENT), fg.diff_augment(fake_small, AUGMENT)
-
-    opt_d.zero_grad(set_to_none=True)
-    part = fg.random_part()
-    logits_real, recs = D(real_big, real_small, part=part)
-    targets = D.reconstruction_targets(real_big, real_small, part)
-    loss_recon = sum(recon(r, t) for r, t in zip(recs, targets))
-    loss_real = fg.d_hinge_real(logits_real)
-    (loss_real + loss_recon).backward()
-    loss_fake = fg.d_hinge_fake(D(fake_big.detach(), fake_small.detach()))
-    loss_fake.backward()
-    opt_d.step()
-
-    opt_g.zero_grad(set_to_none=True)
-    for p in D.parameters():
-        p.requires_grad_(False)
-    loss_g = fg.g_loss(D(fake_big, fake_small))
-    loss_g.backward()
-    for p in D.parameters():
-        p.requires_grad_(True)
-    opt_g.step()
-    return {"loss_d_real": loss_real.item(), "loss_d_fake": loss_fake.item(), "loss_recon": float(loss_recon.detach()) if torch.is_tensor(loss_recon) else float(loss_recon), "loss_g": loss_g.item()}
-
-
-def build_models(cfg: Config, device) -> tuple[fg.Generator, fg.Discriminator, fg.Generator]:
-    G = fg.Generator(cfg.im_size, cfg.width, sparsity=cfg.sparsity, topk=cfg.topk, noise_injection=cfg.noise_injection).to(device)
-    D = fg.Discriminator(cfg.im_size, cfg.width).to(device)
-    return G, D, fg.ema_copy(G)
-
-
-def grid_image(G_ema, z: torch.Tensor):
-    """A uint8 HxWx3 grid of the EMA generator's images for ``z``."""
-    import torchvision
-
-    with torch.no_grad():
-        imgs = G_ema(z)[0].add(1).div(2).clamp(0, 1).cpu()
-    grid = torchvision.utils.make_grid(imgs, nrow=int(math.sqrt(len(imgs))) or 1, padding=2)
-    return grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-def fixed_latents(cfg: Config, device) -> torch.Tensor:
-    return torch.randn(GRID_SAMPLES, fg.NZ, generator=torch.Generator().manual_seed(10_000 + cfg.seed)).to(device)
-
-
-# ---------------------------------------------------------------------------------- Ray worker
-
-
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Resume from the last checkpoint, train, evaluate FID, report a checkpoint every so often."""
-    import ray.train
-    import ray.train.torch
-    from ray.train import Checkpoint
-
-    from shapebias.data.few_shot import FewShotImages
-    from shapebias.tracking import MetricLogger
-
-    cfg = Config(**config["cfg"])
-    rank = ray.train.get_context().get_world_rank()
-    logger = MetricLogger(config["run_ref"]) if rank == 0 and config.get("run_ref") else None
-    torch.set_num_threads(int(config.get("threads", 1)))
-    device = ray.train.torch.get_device()
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-
-    data = FewShotImages(cfg.data_dir, cfg.im_size)
-    G, D, G_ema = build_models(cfg, device)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
-    recon = fg.reconstruction_loss(cfg.recon_loss, device)
-    sampler_rng = torch.Generator().manual_seed(cfg.seed)
-    state: dict[str, Any] = {"iteration": 0, "fid_history": []}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-        G.load_state_dict(state["G"])
-        D.load_state_dict(state["D"])
-        G_ema.load_state_dict(state["G_ema"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        sampler_rng.set_state(state["rng"]["sampler"])
-        if rank == 0:
-            print(f"resuming from the checkpoint of iteration {state['iteration']}", file=sys.stderr)
-            if logger:
-                logger.client.set_tag(logger.ref.run_id, "shapebias.resumed_from_iteration", str(state["iteration"]))
-    start = int(state["iteration"])
-
-    evaluator = None
-    if cfg.fid_every > 0 and rank == 0:
-        from shapebias.metrics.fid import FidEvaluator, resolve_weights
-
-        evaluator = FidEvaluator(
-            data.files, cfg.im_size, resolve_weights(cfg.fid_weights or None), cfg.fid_protocol, device=device,
-            n_samples=cfg.fid_samples or None, dims=cfg.fid_dims,
-        )
-
-    def sample(n: int) -> torch.Tensor:
-        with torch.no_grad():
-            return G_ema(torch.randn(n, fg.NZ, device=device))[0]
-
-    z_grid = fixed_latents(cfg, device)
-    every_log = max(1, min(100, cfg.iterations // 100))
-    fid_key = config.get("fid_key", "fid")
-
-    def save_and_report(step: int, metrics: dict[str, float]) -> None:
-        if rank != 0:
-            ray.train.report(metrics, checkpoint=None)
-            return
-        state.update(
-            iteration=step, G=G.state_dict(), D=D.state_dict(), G_ema=G_ema.state_dict(),
-            opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), config=config["cfg"],
-            rng={"torch": torch.get_rng_state(), "python": random.getstate(), "sampler": sampler_rng.get_state()},
-        )
-        if logger:
-            logger.client.log_image(logger.ref.run_id, grid_image(G_ema, z_grid), f"samples/iter_{step:06d}.png")
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(state, Path(d) / CHECKPOINT_FILE)
-            ray.train.report({"iteration": step, **metrics}, checkpoint=Checkpoint.from_directory(d))
-
-    if start >= cfg.iterations:
-        save_and_report(start, {})
-        return
-    G.train(), D.train()
-    t0, done = time.time(), 0
-    bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="fastgan", disable=rank != 0,
-               mininterval=2.0, file=sys.stderr)
-    for it in bar:
-        real = data.sample(cfg.batch_size, sampler_rng).to(device)
-        losses = train_step(G, D, opt_g, opt_d, real, recon)
-        fg.ema_update(G_ema, G, cfg.ema_decay)
-        step, done = it + 1, done + 1
-        metrics: dict[str, float] = {}
-        if step % every_log == 0 or step == cfg.iterations:
-            metrics.update(losses, iterations_per_s=done / (time.time() - t0))
-            bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()})
-        if evaluator is not None and (step % cfg.fid_every == 0 or step == cfg.iterations):
-            value = evaluator(sample)
-            state["fid_history"].append((step, value, fid_key))
-            metrics[fid_key] = value
-            print(f"iteration {step}: {fid_key}={value:.3f}", file=sys.stderr)
-        if logger and metrics:
-            logger.log(metrics, step=step)
-        if step % cfg.checkpoint_every == 0 or step == cfg.iterations or fid_key in metrics:
-            save_and_report(step, {k: v for k, v in metrics.items() if k == fid_key})
-    if evaluator is not None:
-        evaluator.close()
 
 
 # --------------------------------------------------------------------------------------- driver
@@ -320,7 +177,7 @@ def check_inputs(cfg: Config) -> dict[str, str]:
     tags = {"shapebias.data_fingerprint": tracking.fingerprint_files(files, extra=cfg.dataset),
             "shapebias.num_images": str(len(files)), "shapebias.recon_loss": cfg.recon_loss}
     fg.check_recon_loss(cfg.recon_loss)
-    if cfg.fid_every > 0:
+    if cfg.fid_interval() > 0:
         from shapebias.metrics.fid import load_inception, resolve_weights, weights_verified
 
         weights = resolve_weights(cfg.fid_weights or None)
@@ -338,6 +195,7 @@ def run(cfg: Config, run_id: str | None = None) -> str:
     import mlflow
 
     from shapebias import tracking
+    from training import fastgan_worker
     from training.raytools import init_ray, make_trainer, storage_location
     from shapebias.metrics.fid import get_protocol
 
@@ -360,7 +218,7 @@ def run(cfg: Config, run_id: str | None = None) -> str:
         init_ray(env_vars)
         storage = storage_location(cfg.storage_path)
         trainer, device = make_trainer(
-            train_loop_per_worker,
+            fastgan_worker.train_loop_per_worker,
             {"cfg": dataclasses.asdict(cfg), "run_ref": tracking.current_ref(), "fid_key": fid_key},
             run_id=run_id, storage_path=storage, num_workers=1, env_vars=env_vars,
         )
@@ -375,7 +233,7 @@ def run(cfg: Config, run_id: str | None = None) -> str:
         if result.checkpoint is None:
             raise RuntimeError(f"Ray Train returned no checkpoint for run {run_id}")
         with result.checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            state = torch.load(Path(d) / fastgan_worker.CHECKPOINT_FILE, map_location="cpu", weights_only=False)
         summary = log_final(cfg, state, fid_key)
         mlflow.set_tag("shapebias.checkpoint_dir", f"{storage}/{run_id}")
     print(f"\nrun {run_id} finished ({cfg.run_name()}), {state['iteration']} iterations")
@@ -390,7 +248,11 @@ def log_final(cfg: Config, state: dict[str, Any], fid_key: str) -> dict[str, flo
     """Best FID (as the last point of the curve), a final grid and the EMA generator."""
     import mlflow
 
-    summary: dict[str, float] = {}
+    from training.fastgan_worker import fixed_latents, grid_image
+
+    summary: dict[str, float] = {"steps_run": float(state.get("steps_run", state["iteration"])),
+                                 "rollbacks": float(state.get("rollbacks", 0))}
+    mlflow.log_metrics(summary, step=int(state["iteration"]))
     # Each evaluation keeps the key it was logged under: a run resumed with other FID settings
     # never promotes an unverified score to `fid`.
     for key in dict.fromkeys(k for _, _, k in state.get("fid_history") or []):
@@ -403,11 +265,12 @@ def log_final(cfg: Config, state: dict[str, Any], fid_key: str) -> dict[str, flo
     G_ema = fg.Generator(cfg.im_size, cfg.width, sparsity=cfg.sparsity, topk=cfg.topk, noise_injection=cfg.noise_injection)
     G_ema.load_state_dict(state["G_ema"])
     G_ema.eval()
-    mlflow.log_image(grid_image(G_ema, fixed_latents(cfg, "cpu")), "samples/final.png")
+    mlflow.log_image(grid_image(G_ema, fixed_latents(cfg.seed, "cpu")), "samples/final.png")
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "generator_ema.pt"
         torch.save({"state_dict": state["G_ema"], "config": dataclasses.asdict(cfg), "iteration": state["iteration"],
-                    "architecture": "shapebias.models.fastgan.Generator"}, path)
+                    "architecture": "shapebias.models.fastgan.Generator",
+                    "sampling": "shapebias.models.fastgan.sample_like_authors (batch norm in training mode)"}, path)
         mlflow.log_artifact(str(path), "model")
     return summary
 
@@ -420,13 +283,14 @@ def parser() -> argparse.ArgumentParser:
     d = Config()
     p.add_argument("--data-dir", default=d.data_dir, help="a flat folder of images (e.g. a 100-image set)")
     p.add_argument("--im-size", type=_number(int), default=d.im_size, help="64 | 128 | 256 | 512 | 1024")
-    p.add_argument("--iterations", type=_number(int), default=d.iterations)
+    p.add_argument("--iterations", type=_number(int), default=d.iterations, help="authors: 100000")
     p.add_argument("--batch-size", type=_number(int), default=d.batch_size)
-    p.add_argument("--sparsity", default=d.sparsity, help="none | topk | topk_mean (after the 32x32 feature map)")
+    p.add_argument("--sparsity", default=d.sparsity, help=" | ".join(fg.SPARSITY) + " (after the 32x32 feature map)")
     p.add_argument("--topk", type=_number(float), default=d.topk, help="fraction kept, (0, 1]; paper: 0.05 (0.15 table)")
     p.add_argument("--noise-injection", default="false", help="true | false")
     p.add_argument("--recon-loss", default=d.recon_loss, help="lpips (paper; needs VGG-16 weights) | l1 (substitute)")
-    p.add_argument("--fid-every", type=_number(int), default=d.fid_every, help="iterations between FIDs; 0 = no FID")
+    p.add_argument("--fid-every", type=_number(int), default=d.fid_every,
+                   help="iterations between FIDs; -1 = the protocol's (standard 5000, authors 1000); 0 = no FID")
     p.add_argument("--fid-weights", default=d.fid_weights, help="pytorch-fid Inception weights file (default: hub cache)")
     p.add_argument("--fid-protocol", default=d.fid_protocol, help="standard | authors")
     p.add_argument("--fid-samples", type=_number(int), default=d.fid_samples, help="0 = the protocol's count")
@@ -434,6 +298,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_number(int), default=d.seed)
     p.add_argument("--width", type=_number(int), default=d.width, help="channel width ngf = ndf (paper: 64)")
     p.add_argument("--lr", type=_number(float), default=d.lr)
+    p.add_argument("--rollback-patience", type=_number(int), default=d.rollback_patience,
+                   help="evaluations without a better FID before rolling back to the best (authors: 10); 0 = never")
+    p.add_argument("--perturb-g", type=_number(float), default=d.perturb_g, help="G noise after a rollback (authors: 1e-4)")
+    p.add_argument("--perturb-d", type=_number(float), default=d.perturb_d, help="D noise after a rollback (authors: 0)")
     p.add_argument("--checkpoint-every", type=_number(int), default=d.checkpoint_every)
     p.add_argument("--storage-path", default=d.storage_path, help="Ray Train checkpoints (default ./.ray_results)")
     p.add_argument("--run-id", default=None, help="resume this MLflow run (default: the active run, or a new one)")

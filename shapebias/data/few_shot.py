@@ -94,10 +94,11 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
-    """An RGB image resized to (size, size), as a float tensor in [-1, 1] (3, size, size)."""
+    """An RGB image resized to (size, size) with PIL's bilinear filter (the authors' ``transforms.Resize``),
+    as a float tensor in [-1, 1] (3, size, size)."""
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB").resize((size, size), Image.BICUBIC)
+            img = img.convert("RGB").resize((size, size), Image.BILINEAR)
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"image {path} cannot be read ({exc})") from None
     data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, 3)
