@@ -168,19 +168,42 @@ def test_minimum_image_size_follows_the_deepest_layer():
 @pytest.mark.parametrize("mask", S.MASKS)
 def test_loss_falls_over_lbfgs_steps(small_model, target, method, mask):
     seen = []
-    res = S.synthesize(small_model, target, mask=mask, method=method, k=0.2, steps=6, seed=0,
-                       on_step=lambda step, loss: seen.append((step, loss)))
+    res = S.synthesize(small_model, target, mask=mask, method=method, k=0.2, steps=3, iterations_per_step=3,
+                       seed=0, on_step=lambda step, loss: seen.append((step, loss)))
     assert [s for s, _ in seen] == list(range(len(res.losses)))
-    assert len(res.losses) == 7  # the start and six iterations
+    assert len(res.losses) == 4  # the start and three outer steps
+    assert [loss for _, loss in seen] == res.losses
     assert np.isfinite(res.losses).all()
     assert res.losses[-1] < 0.5 * res.losses[0], res.losses
     assert res.image.shape == target.shape and 0 <= res.image.min() and res.image.max() <= 1
 
 
 def test_inversion_with_all_activations_recovers_the_image(small_model, target):
-    res = S.synthesize(small_model, target, mask="all", method="inversion", steps=25, seed=0)
+    res = S.synthesize(small_model, target, mask="all", method="inversion", steps=5, iterations_per_step=5, seed=0)
     assert res.losses[-1] < 0.02 * res.losses[0]
     assert S.structure_metrics(target, res.image)["edge_corr"] > 0.5
+
+
+def test_lbfgs_runs_with_the_strong_wolfe_line_search_and_the_asked_budget(small_model, target, monkeypatch):
+    built, steps = [], []
+    original = torch.optim.LBFGS
+
+    class Spy(original):
+        def __init__(self, params, **kwargs):
+            built.append(kwargs)
+            super().__init__(params, **kwargs)
+
+        def step(self, closure):
+            steps.append(1)
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "LBFGS", Spy)
+    res = S.synthesize(small_model, target, steps=2, iterations_per_step=4, seed=0)
+    assert len(built) == 1 and built[0]["line_search_fn"] == "strong_wolfe" and built[0]["max_iter"] == 4
+    assert len(steps) == 2
+    assert res.settings["optimizer"] == "lbfgs-strong-wolfe" and res.settings["steps"] == 2
+    assert res.settings["iterations_per_step"] == 4 and 2 < res.settings["iterations_run"] <= 8
+    assert S.synthesize.__kwdefaults__["steps"] == 100 and S.synthesize.__kwdefaults__["iterations_per_step"] == 20
 
 
 def test_synthesis_rejects_images_too_small_for_the_layers(small_model):

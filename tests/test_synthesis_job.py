@@ -15,7 +15,8 @@ from shapebias import tracking
 from shapebias.settings import REPO_ROOT
 from training import texture_synthesis as job
 
-TINY = ["--image-size", "16", "--steps", "2", "--layers", "relu1_1,pool1,pool2", "--topk", "0.2"]
+TINY = ["--image-size", "16", "--steps", "2", "--iterations-per-step", "3", "--layers", "relu1_1,pool1,pool2",
+        "--topk", "0.2"]
 
 
 def _only_run(uri: str):
@@ -50,9 +51,50 @@ def test_random_weight_run_logs_grid_losses_and_one_structure_metric_per_mask(ml
 
     assert Image.open(grid).size[0] > 3 * Image.open(grid).size[1]  # four panels side by side
     table = Path(client.download_artifacts(run.info.run_id, "structure_metrics.csv")).read_text().splitlines()
-    assert table[0] == "image,mask,ssim,edge_corr,final_loss,iterations" and len(table) == 5
+    assert table[0] == "image,mask,ssim,edge_corr,final_loss,steps" and len(table) == 5
     out = capsys.readouterr().out
     assert run.info.run_id in out and "ssim" in out and "random VGG-19 weights" in out
+
+
+def test_logged_optimizer_steps_and_layers_are_what_ran(mlflow_store, monkeypatch):
+    """Spies on torch's L-BFGS and on the network: what they were asked to do equals the params."""
+    from shapebias import synthesis
+
+    built, steps, layers_seen = [], [], set()
+    original_lbfgs, original_forward = torch.optim.LBFGS, synthesis.VGGFeatures.forward
+
+    class Spy(original_lbfgs):
+        def __init__(self, params, **kwargs):
+            built.append(kwargs)
+            super().__init__(params, **kwargs)
+
+        def step(self, closure):
+            steps.append(len(built))
+            return super().step(closure)
+
+    def forward(self, x):
+        out = original_forward(self, x)
+        layers_seen.update(out)
+        return out
+
+    monkeypatch.setattr(torch.optim, "LBFGS", Spy)
+    monkeypatch.setattr(synthesis.VGGFeatures, "forward", forward)
+    argv = ["--image-size", "16", "--steps", "2.0", "--iterations-per-step", "3", "--layers", "pool2, relu1_1,pool1",
+            "--weights", "random", "--image", "skimage:chelsea"]
+    assert job.main(argv) == 0
+    _, run = _only_run(mlflow_store)
+    p = run.data.params
+    assert len(built) == 3  # one optimiser per mask
+    assert {b["line_search_fn"] for b in built} == {"strong_wolfe"} and p["optimizer"] == "lbfgs-strong-wolfe"
+    assert {b["max_iter"] for b in built} == {int(p["iterations_per_step"])} == {3}
+    assert {b["lr"] for b in built} == {float(p["lr"])}
+    assert [steps.count(i) for i in (1, 2, 3)] == [int(p["steps"])] * 3 == [2] * 3
+    assert sorted(layers_seen) == sorted(p["layers"].split(",")) and p["layers"] == "relu1_1,pool1,pool2"
+
+
+def test_defaults_are_the_authors_budget():
+    cfg = job.config_from_args(job.parse_args([]))
+    assert (cfg["steps"], cfg["iterations_per_step"], cfg["optimizer"]) == ("100", "20", "lbfgs-strong-wolfe")
 
 
 def test_inversion_of_a_folder_logs_per_image_metrics(mlflow_store, tmp_path):
@@ -116,7 +158,7 @@ def test_bad_input_fails_the_run_with_exit_status_2(mlflow_store, tmp_path, monk
 def test_mlproject_entry_point_matches_the_parser():
     spec = yaml.safe_load((REPO_ROOT / "MLproject").read_text())["entry_points"]["texture_synthesis"]
     params = spec["parameters"]
-    assert {"image", "image_size", "steps", "weights", "topk", "method"} <= set(params)
+    assert {"image", "image_size", "steps", "iterations_per_step", "weights", "topk", "method"} <= set(params)
     values = {name: shlex.quote(str(p.get("default", "x"))) for name, p in params.items()}
     argv = shlex.split(spec["command"].format(**values))
     assert argv[:3] == ["python", "-m", "training.texture_synthesis"]
@@ -124,3 +166,4 @@ def test_mlproject_entry_point_matches_the_parser():
     cfg = job.config_from_args(args)
     assert cfg["image"] == "skimage:chelsea" and cfg["weights"] == "pretrained"
     assert job.validate(cfg)["size"] == 256
+    assert (cfg["steps"], cfg["iterations_per_step"]) == ("100", "20")

@@ -3,6 +3,11 @@
     mlflow run . -e texture_synthesis --env-manager local -P image=skimage:chelsea
     mlflow run . -e texture_synthesis --env-manager local -P image_size=64 -P steps=5 -P weights=random
 
+Optimisation as the authors' ``texture-synthesis-visualization``: L-BFGS with the strong-Wolfe
+line search, ``steps`` outer steps (100) of ``iterations_per_step`` iterations (20), learning
+rate 1. The logged ``optimizer``, ``steps``, ``iterations_per_step``, ``lr`` and ``layers`` are
+checked against the settings the optimiser actually ran with after every synthesis.
+
 For every image and every mask (``all``, ``topk``, ``complement``; :mod:`shapebias.synthesis`)
 the job synthesises a texture from the masked Gram matrices (``method=texture``, Gatys et al.
 2015) or reconstructs the image from the masked feature maps (``method=inversion``), then scores
@@ -11,7 +16,7 @@ how much of the original's structure survived:
 * metrics ``ssim_<mask>`` and ``edge_corr_<mask>`` (mean over the images; per image also
   ``ssim_<mask>.<image>`` when there are several), and ``ssim_noise`` / ``edge_corr_noise``, the
   same scores of the white-noise start (after histogram matching): the chance level;
-* curves ``loss_<mask>`` (``loss_<mask>.<image>`` with several images) over L-BFGS iterations;
+* curves ``loss_<mask>`` (``loss_<mask>.<image>`` with several images) over L-BFGS steps;
 * artifacts ``grids/<image>.png`` (original | all | Top-K | complement), ``images/<image>_<mask>.png``,
   ``losses.png``, ``structure_metrics.csv``, ``losses.csv``.
 
@@ -47,7 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image", default="skimage:chelsea",
                    help="an image file, a folder of images, or skimage:NAME (chelsea is the cat photo)")
     p.add_argument("--image-size", default="256", help="side of the square working image, px")
-    p.add_argument("--steps", default="200", help="L-BFGS iterations per image and mask")
+    p.add_argument("--steps", default=str(synthesis.STEPS), help="outer L-BFGS steps per image and mask (authors: 100)")
+    p.add_argument("--iterations-per-step", default=str(synthesis.ITERATIONS_PER_STEP),
+                   help="L-BFGS iterations per step, strong-Wolfe line search (authors: 20)")
     p.add_argument("--weights", default="pretrained", help="pretrained | random | /path/to/vgg19-dcbb9e9d.pth")
     p.add_argument("--topk", default="0.05", help="fraction of positions kept per channel, (0, 1]")
     p.add_argument("--method", default="texture", help="texture | inversion")
@@ -80,20 +87,39 @@ def _files(image: str) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
 
 
+def _layers(text: str) -> str:
+    """The layers as the network will use them (network order, no duplicates), or the text if invalid."""
+    try:
+        return ",".join(synthesis.check_layers(text))
+    except ConfigError:
+        return text
+
+
+def _whole(text: str) -> str:
+    """``"100.0"`` (as MLflow passes numbers) -> ``"100"``; anything else unchanged (validated later)."""
+    try:
+        number = float(text)
+    except (TypeError, ValueError):
+        return text
+    return str(int(number)) if number.is_integer() else text
+
+
 def config_from_args(args: argparse.Namespace) -> dict:
     """The run's configuration as plain data (also what is logged as params)."""
     return {
         "image": _unquote(args.image),
         "image_size": _unquote(args.image_size),
-        "steps": _unquote(args.steps),
+        "steps": _whole(_unquote(args.steps)),
+        "iterations_per_step": _whole(_unquote(args.iterations_per_step)),
         "weights": _unquote(args.weights) or "pretrained",
         "topk": _unquote(args.topk),
         "method": _unquote(args.method),
-        "layers": _unquote(args.layers),
+        "layers": _layers(_unquote(args.layers)),
         "masks": ",".join(synthesis.MASKS),
         "seed": _unquote(args.seed),
         "device": _unquote(args.device),
-        "optimizer": "lbfgs-strong-wolfe",
+        "optimizer": synthesis.OPTIMIZER,
+        "lr": 1.0,
         "histogram_matching": True,
     }
 
@@ -115,11 +141,22 @@ def validate(cfg: dict) -> dict:
     return {
         "size": size,
         "steps": _int("steps", cfg["steps"], 1),
+        "iterations_per_step": _int("iterations_per_step", cfg["iterations_per_step"], 1),
         "k": check_fraction("topk", cfg["topk"]),
         "seed": _int("seed", cfg["seed"], 0),
         "layers": layers,
         "device": device,
     }
+
+
+LOGGED_SETTINGS = ("optimizer", "steps", "iterations_per_step", "lr", "layers")
+
+
+def check_ran_as_logged(cfg: dict, settings: dict) -> None:
+    """RuntimeError if the optimiser ran with settings other than the logged parameters."""
+    differ = {k: (cfg[k], settings[k]) for k in LOGGED_SETTINGS if str(cfg[k]) != str(settings[k])}
+    if differ:
+        raise RuntimeError(f"the synthesis ran with other settings than logged (logged, ran): {differ}")
 
 
 def save_png(path: Path, image: np.ndarray) -> None:
@@ -160,7 +197,7 @@ def figure_losses(path: Path, curves: dict, title: str) -> None:
     for label, losses in curves.items():
         ax.plot(range(len(losses)), losses, label=label)
     ax.set_yscale("log")
-    ax.set_xlabel("L-BFGS iteration")
+    ax.set_xlabel("L-BFGS step")
     ax.set_ylabel("loss (sum over layers, relative)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
@@ -206,20 +243,22 @@ def main(argv: list[str] | None = None) -> int:
                     mlflow.log_metric(key, loss, step=step)
 
                 res = synthesis.synthesize(
-                    model, target, mask=mask, method=cfg["method"], k=v["k"], steps=v["steps"], seed=v["seed"],
+                    model, target, mask=mask, method=cfg["method"], k=v["k"], steps=v["steps"],
+                    iterations_per_step=v["iterations_per_step"], seed=v["seed"],
                     on_step=on_step, progress=True, desc=f"{img_name} {cfg['method']} {mask}",
                 )
+                check_ran_as_logged(cfg, res.settings)
                 results[mask], curves[mask] = res, res.losses
                 scores[mask] = synthesis.structure_metrics(target, res.image)
                 save_png(out / "images" / f"{img_name}_{mask}.png", res.image)
                 loss_rows += [(img_name, mask, i, loss) for i, loss in enumerate(res.losses)]
             save_png(out / "images" / f"{img_name}_original.png", target)
             figure_grid(out / "grids" / f"{img_name}.png", target, results, scores,
-                        f"{img_name}: {cfg['method']}, Top-K k={v['k']}, {v['steps']} L-BFGS steps, {label}")
+                        f"{img_name}: {cfg['method']}, Top-K k={v['k']}, L-BFGS {v['steps']}x{v['iterations_per_step']}, {label}")
             for which, s in scores.items():
                 rows.append({"image": img_name, "mask": which, **s,
                              "final_loss": curves[which][-1] if which in curves else "",
-                             "iterations": len(curves[which]) - 1 if which in curves else ""})
+                             "steps": len(curves[which]) - 1 if which in curves else ""})
                 for metric, value in s.items():
                     means.setdefault(f"{metric}_{which}", []).append(value)
                     if several:
@@ -229,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = {key: float(np.mean(values)) for key, values in means.items()}
         mlflow.log_metrics(summary)
         with open(out / "structure_metrics.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["image", "mask", "ssim", "edge_corr", "final_loss", "iterations"])
+            writer = csv.DictWriter(fh, fieldnames=["image", "mask", "ssim", "edge_corr", "final_loss", "steps"])
             writer.writeheader()
             writer.writerows(rows)
         with open(out / "losses.csv", "w", newline="") as fh:
