@@ -116,6 +116,43 @@ def test_topk_keeps_the_asked_fraction_per_channel_at_32x32(k):
         assert ((dense.features(torch.randn(3, fg.NZ))[32] != 0).sum(dim=(2, 3)) > kept_count(k, 1024)).all()
 
 
+def _mean_replace_reference(x: torch.Tensor, keep: int) -> torch.Tensor:
+    """The authors' sparse_hw_replace_w_mean, written out per channel: the ``keep`` largest raw
+    values (no absolute value), their mean written at their positions, zero elsewhere."""
+    out = torch.zeros_like(x)
+    n, c, h, w = x.shape
+    for i in range(n):
+        for j in range(c):
+            row = x[i, j].flatten()
+            order = sorted(range(h * w), key=lambda p: -row[p].item())[:keep]
+            mean = sum(row[p] for p in order) / keep
+            flat = out[i, j].view(-1)
+            for p in order:
+                flat[p] = mean
+    return out
+
+
+def test_gan_mean_replacement_is_the_authors_rule_on_signed_values():
+    torch.manual_seed(6)
+    G = fg.Generator(64, width=8, sparsity="topk_mean_raw", topk=0.05)
+    x = torch.randn(2, 3, 8, 8) - 0.5  # mostly negative: ranking |x| would pick other positions
+    keep = kept_count(0.05, 64)
+    xr = x.clone().requires_grad_(True)
+    xm = x.clone().requires_grad_(True)
+    ref, out = _mean_replace_reference(xr, keep), G.sparsity(xm)
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert not torch.allclose(out, _mean_replace_reference(x.abs(), keep) * x.sign(), atol=1e-3)
+    w = torch.randn_like(x)
+    (ref * w).sum().backward()
+    (out * w).sum().backward()
+    assert torch.allclose(xm.grad, xr.grad, atol=1e-6)
+    with torch.no_grad():
+        feat = G.features(torch.randn(2, fg.NZ))[32].flatten(2)
+    for row in feat.reshape(-1, feat.shape[-1]):
+        kept = row[row != 0]
+        assert len(kept) == kept_count(0.05, 1024) and torch.allclose(kept, kept[0].expand_as(kept))
+
+
 def test_noise_injection_weights_start_at_zero():
     G = fg.Generator(64, width=8, noise_injection=True)
     weights = [m.weight for m in G.modules() if isinstance(m, fg.NoiseInjection)]
