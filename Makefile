@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test stack-test stack-up stack-down stack-status tools bench manifests chart-docs clean
+.PHONY: setup run test stack-test stack-up stack-down stack-status tools bench gpu-check manifests chart-docs clean
 
 $(STAMP): pyproject.toml requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ stack-status:
 
 bench: setup
 	$(BIN)/python -m benchmarks
+
+gpu-check: setup
+	$(BIN)/python -m benchmarks.gpu_check
 
 # manifests/ and the chart's README.md are generated from deploy/helm/shapebias (repository tooling in tools/).
 manifests: tools
