@@ -14,7 +14,7 @@ from shapebias.sparsity import TopK
     "spec, stride, size, in_features",
     [
         ("code", 1, 224, 25088),  # the authors' classifier: 512 x 7 x 7 (seed, section 2.1.1)
-        ("code", 2, 224, 4608),  # 14 x 14 map pooled by 4 -> 3 x 3
+        ("code", 2, 224, 25088),  # the seed's: 14 x 14 map pooled by 2 -> 7 x 7
         ("paper", 1, 224, 512),
         ("paper", 2, 224, 512),
         ("code", 1, 32, 512),  # synthetic size: 4 x 4 map pooled by 4
@@ -31,6 +31,24 @@ def test_output_shapes(spec, stride, size, in_features):
         out = model(torch.randn(2, 3, size, size))
     assert out.shape == (2, 7)
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    "spec, stride, pool, params",
+    [
+        ("code", 2, 2, 11_419_722),  # the seed's CS network (cnns-train-top-k/resnet_model.py) at 10 classes
+        ("code", 1, 4, 11_419_722),  # the authors' (resnet_imgnette.py): same classifier, pooled by 4
+        ("paper", 2, None, 11_173_962),  # global average pooling, 512-input classifier
+        ("paper", 1, None, 11_173_962),
+    ],
+)
+def test_classifier_width_and_parameter_count_at_224(spec, stride, pool, params):
+    model = resnet18(num_classes=10, spec=spec, stem_stride=stride, image_size=224)
+    assert sum(p.numel() for p in model.parameters()) == params
+    if pool is None:
+        assert isinstance(model.pool, torch.nn.AdaptiveAvgPool2d) and model.fc.in_features == 512
+    else:
+        assert model.pool.kernel_size == pool and model.fc.in_features == 512 * 7 * 7
 
 
 def test_feature_size_matches_forward():

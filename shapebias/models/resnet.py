@@ -1,8 +1,11 @@
 """ResNet-18 with spatial Top-K sparsity, in the two specifications of the seed report.
 
 ``code`` (the authors' code, as the seed's section 2.1.1 found it): a 3x3 stem without max-pool,
-average pooling by 4 after ``layer4`` and a classifier on the flattened map (25,088 inputs at
-224 px with stem stride 1); SGD with momentum 0.9 and weight decay 5e-4.
+average pooling after ``layer4`` down to a 7x7 map at 224 px and a classifier on the flattened
+map (25,088 inputs). The pooling kernel follows the stem: 4 at stem stride 1 (the authors'
+``cnns-train-top-k/models/resnet_imgnette.py``: ``F.avg_pool2d(out, 4)`` on a 28x28 map), 2 at
+stem stride 2 (the seed's ``cnns-train-top-k/resnet_model.py``: ``F.avg_pool2d(output, 2)`` on a
+14x14 map). SGD with momentum 0.9 and weight decay 5e-4.
 
 ``paper`` (what the paper states): global average pooling and a 512-input classifier; plain SGD.
 
@@ -34,13 +37,13 @@ SPARSITY = ("none", "topk", "topk_mean")
 class Spec:
     """What distinguishes the two ResNet-18 specifications."""
 
-    pool: str  # "avg4": average pooling by 4, then flatten; "global": global average pooling
+    pool: str  # "flatten": average pooling by 4 / stem_stride, then flatten; "global": global average pooling
     momentum: float
     weight_decay: float
 
 
 SPECS: dict[str, Spec] = {
-    "code": Spec(pool="avg4", momentum=0.9, weight_decay=5e-4),
+    "code": Spec(pool="flatten", momentum=0.9, weight_decay=5e-4),
     "paper": Spec(pool="global", momentum=0.0, weight_decay=0.0),
 }
 
@@ -81,6 +84,11 @@ def feature_size(image_size: int, stem_stride: int) -> int:
     for _ in range(3):  # layer2..layer4 halve the map
         size = _conv_out(size, 2)
     return size
+
+
+def flatten_pool(stem_stride: int) -> int:
+    """The ``code`` spec's pooling kernel after ``layer4``: 4 at stem stride 1, 2 at stride 2 (7x7 at 224 px)."""
+    return 4 // stem_stride
 
 
 def parse_layers(topk_layers: str | Sequence[str]) -> tuple[str, ...]:
@@ -137,10 +145,10 @@ class ResNet18(nn.Module):
         mode = {"topk": "topk", "topk_mean": "topk_mean"}.get(sparsity)
         self.sparsity = nn.ModuleDict({name: TopK(topk, mode) for name in layers} if mode else {})
         final = feature_size(image_size, stem_stride)
-        if SPECS[spec].pool == "avg4":
-            # The authors pool by 4; on maps smaller than 4 (small synthetic images) the kernel is the map.
-            self.pool: nn.Module = nn.AvgPool2d(min(4, final))
-            pooled = final // min(4, final)
+        if SPECS[spec].pool == "flatten":
+            kernel = min(flatten_pool(stem_stride), final)  # on maps smaller than that, the kernel is the map
+            self.pool: nn.Module = nn.AvgPool2d(kernel)
+            pooled = final // kernel
             in_features = 512 * pooled * pooled
         else:
             self.pool = nn.AdaptiveAvgPool2d(1)
