@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "texture-synthesis": ("training.texture_synthesis", "texture synthesis / feature inversion with Top-K masks"),
     "compare": ("training.compare", "build the reproduction tables from MLflow runs"),
     "reproduce": ("training.reproduce", "launch the runs a table is missing"),
+    "protocols": ("shapebias.protocols.listing", "list the published experiments (protocols) and their settings"),
     "data": ("shapebias.data.fetch", "list, download and check the public data sets (cue-conflict)"),
     "submit": ("shapebias.cluster", "submit a job to Kubernetes as a KubeRay RayJob"),
 }

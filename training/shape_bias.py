@@ -15,6 +15,7 @@ not results.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -24,7 +25,7 @@ import mlflow
 import torch
 from tqdm import tqdm
 
-from shapebias import settings, tracking
+from shapebias import protocols, settings, tracking
 from shapebias.data import cue_conflict
 from shapebias.errors import ConfigError, check_choice, check_fraction
 from shapebias.metrics import shape_bias as sb
@@ -39,19 +40,58 @@ SPARSITIES = ("none", "topk", "complement")
 RANDOM_PREFIX = "RANDOM-WEIGHTS"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="shapebias shape-bias", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="alexnet", help=f"one of {', '.join(pretrained.MODELS)}")
-    p.add_argument("--sparsity", default="topk", help="none | topk | complement")
-    p.add_argument("--topk", default="0.05,0.1,0.2,0.3,0.4,0.5",
-                   help="fraction kept per channel, or a comma-separated sweep (1.0 = dense)")
-    p.add_argument("--weights", default="pretrained", help="pretrained | random | /path/to/file.pth")
-    p.add_argument("--data-dir", default="", help="cue-conflict folder (default: settings)")
-    p.add_argument("--batch-size", default="32")
-    p.add_argument("--limit", default="0", help="evaluate only this many images (0 = all)")
-    p.add_argument("--seed", default="0", help="seed of the random weights (weights=random only)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    return p.parse_args(argv)
+@dataclasses.dataclass
+class Config:
+    """The job's settings as given (numbers are checked inside the run, so a bad one fails the run)."""
+
+    model: str = "alexnet"
+    sparsity: str = "topk"
+    topk: str = "0.05,0.1,0.2,0.3,0.4,0.5"
+    weights: str = "pretrained"
+    data_dir: str = ""
+    batch_size: str = "32"
+    limit: str = "0"
+    seed: str = "0"
+    device: str = "auto"
+    protocol: str = ""
+
+
+HELP = {
+    "protocol": "published level(s) to repeat, comma-separated for a sweep (`shapebias protocols fig1`)",
+    "model": f"one of {', '.join(pretrained.MODELS)}",
+    "sparsity": "none | topk | complement",
+    "topk": "fraction kept per channel, or a comma-separated sweep (1.0 = dense)",
+    "weights": "pretrained | random | /path/to/file.pth",
+    "data_dir": "cue-conflict folder (default: settings)",
+    "limit": "evaluate only this many images (0 = all)",
+    "seed": "seed of the random weights (weights=random only)",
+    "device": "auto | cpu | cuda",
+}
+
+
+def parse_args(argv: list[str] | None) -> Config:
+    """Defaults, then the protocol's settings, then the flags given (non-empty): an explicit flag wins."""
+    p = argparse.ArgumentParser(prog="shapebias shape-bias", description=__doc__.split("\n\n")[0],
+                                argument_default=argparse.SUPPRESS)
+    for f in dataclasses.fields(Config):
+        p.add_argument("--" + f.name.replace("_", "-"), help=f"{HELP.get(f.name, '')} (default {f.default!r})")
+    given = {k: _unquote(v) for k, v in vars(p.parse_args(argv)).items() if _unquote(v) != ""}
+    defaults = dataclasses.asdict(Config())
+    try:
+        values = protocols.resolve(TASK, defaults, given.get("protocol", ""), given)
+    except ConfigError:  # reported inside the run
+        values = {**defaults, **given}
+    return Config(**{k: str(v) for k, v in values.items()})
+
+
+def level_claim(claimed: str, sparsity: str, k: float) -> str:
+    """The protocol one level of a sweep claims: the named one of that level, else the whole claim."""
+    for name in protocols.names_of(claimed):
+        p = protocols.REGISTRY.get(name)
+        if p is not None and p.values().get("sparsity") == sparsity and (
+                sparsity == "none" or p.values().get("topk") == protocols.canonical(k)):
+            return name
+    return claimed
 
 
 def _int(name: str, value: str, minimum: int) -> int:
@@ -147,22 +187,21 @@ def evaluate_level(cfg: dict, dense: torch.nn.Module, pixels: torch.Tensor, imag
 @tracking.cli_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    args.weights, args.data_dir = _unquote(args.weights), _unquote(args.data_dir)
-    weights = args.weights or "pretrained"
+    weights = args.weights
     is_random = weights == "random"
     levels_text = str(args.topk)
     sweep = args.sparsity != "none" and len([t for t in levels_text.split(",") if t.strip()]) > 1
     name = f"{args.model} {args.sparsity}" + ("" if args.sparsity == "none" else f" k={levels_text}")
     run_name = f"{RANDOM_PREFIX} {name}" if is_random else name
-    params = {
-        "model": args.model, "sparsity": args.sparsity, "topk": levels_text, "weights": weights,
-        "data_dir": args.data_dir, "batch_size": args.batch_size, "limit": args.limit,
-        "seed": args.seed, "dataset": "cue-conflict", "sweep": str(sweep).lower(),
-    }
+    params = {**dataclasses.asdict(args), "dataset": "cue-conflict", "sweep": str(sweep).lower()}
     tags = {tracking.WEIGHTS_TAG: "random" if is_random else "pretrained"}
     t0 = time.time()
     with tracking.tracked_run(TASK, params, run_name=run_name, tags=tags) as run:
         mlflow.set_tag("mlflow.runName", run_name)  # also when resuming the run `mlflow run` made
+        claim = protocols.check(TASK, args.protocol, params)
+        mlflow.set_tags(protocols.run_tags(claim))
+        if args.protocol:
+            protocols.settings_of(TASK, args.protocol)  # an unknown or mixed claim fails the run here
         model_name = args.model.strip().lower()
         pretrained.spec(model_name)
         check_choice("sparsity", args.sparsity, SPARSITIES)
@@ -191,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                     child_sparsity = "none" if pretrained.is_dense(args.sparsity, k) else args.sparsity
                     child_name = f"{model_name} {child_sparsity}" + ("" if child_sparsity == "none" else f" k={k:g}")
                     child_params = {**params, "sparsity": child_sparsity, "topk": k, "sweep": "child"}
-                    with tracking.tracked_run(TASK, child_params, nested=True, tags=tags,
+                    claim_k = protocols.check(TASK, level_claim(args.protocol, child_sparsity, k), child_params)
+                    with tracking.tracked_run(TASK, child_params, nested=True, tags={**tags, **protocols.run_tags(claim_k)},
                                               run_name=f"{RANDOM_PREFIX} {child_name}" if is_random else child_name):
                         res = evaluate_level({**cfg, "topk": k}, dense, pixels, images, reference, Path(tmp) / f"level{i}")
                     results.append(res)

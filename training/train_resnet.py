@@ -36,10 +36,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from shapebias import protocols
 from shapebias.errors import ConfigError, DataError, ShapebiasError, WeightsError, check_choice, check_fraction
 from shapebias.metrics.shape_bias import shape_bias_score
 from shapebias.models.resnet import SPARSITY, SPECS, parse_layers, resnet18, sgd
 from training.cliargs import number as _number
+from training.cliargs import unquote as _unquote
 
 TASK = "train_resnet"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -71,6 +73,7 @@ class Config:
     synthetic_test_per_class: int = 20
     image_size: int = 32
     storage_path: str = ""
+    protocol: str = ""  # the published experiment this run repeats (shapebias.protocols), "" for none
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first bad value and what is accepted."""
@@ -78,6 +81,8 @@ class Config:
             value = getattr(self, f.name)
             if f.type in ("int", "float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ConfigError(f"{f.name}={value!r} is not a number")
+        if self.protocol:
+            protocols.get(self.protocol, TASK)
         check_choice("sparsity", self.sparsity, SPARSITY)
         check_choice("model_spec", self.model_spec, tuple(SPECS))
         check_choice("stem_stride", self.stem_stride, (1, 2))
@@ -330,6 +335,22 @@ def _sample_grid(data: dict[str, Dataset], per_split: int = 10):
     return np.concatenate(rows, axis=0)
 
 
+def best_epoch_metrics(client, run_id: str) -> dict[str, float]:
+    """``best_<metric>`` and ``best_<metric>_epoch`` (1-based) of the clean and stylized accuracies.
+
+    The headline ``test_acc`` / ``stylized_acc`` are the final epoch's (as the seed reported); the
+    authors kept the best clean and the best stylized accuracy, each at its own epoch.
+    """
+    out: dict[str, float] = {}
+    for key in ("test_acc", "stylized_acc"):
+        history = client.get_metric_history(run_id, key)
+        if history:
+            best = max(history, key=lambda m: (m.value, -m.step))
+            out[f"best_{key}"] = best.value
+            out[f"best_{key}_epoch"] = float(best.step + 1)
+    return out
+
+
 def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None) -> str:
     """Run (or resume) one training job; returns the MLflow run id."""
     import mlflow
@@ -343,6 +364,9 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
         if run_id is None:  # also name the run that `mlflow run` created (a resumed run keeps its name)
             mlflow.set_tag("mlflow.runName", cfg.run_name())
         run_id = active.info.run_id
+        claim = protocols.check(TASK, cfg.protocol, params)
+        mlflow.set_tags(protocols.run_tags(claim))
+        print(claim.describe(), file=sys.stderr)
         cfg.validate()
         data = build_data(cfg)  # the driver checks the data before any worker starts
         for split in data.values():
@@ -385,9 +409,10 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
             serialization_format="pickle",  # the whole module (needs `shapebias` importable to load)
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
         )
+        mlflow.log_metrics(best_epoch_metrics(mlflow.MlflowClient(), run_id))
         metrics = mlflow.get_run(run_id).data.metrics
-    print(f"\nrun {run_id} finished ({cfg.run_name()})")
-    for key in ("test_acc", "stylized_acc", "shape_bias", "train_acc"):
+    print(f"\nrun {run_id} finished ({cfg.run_name()}); {claim.describe()}")
+    for key in ("test_acc", "stylized_acc", "best_test_acc", "best_stylized_acc", "shape_bias", "train_acc"):
         if key in metrics:
             print(f"  {key:<13} {metrics[key]:.4f}")
     print(f"  checkpoints   {storage}/{run_id}")
@@ -398,35 +423,59 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
 # ------------------------------------------------------------------------------------------- CLI
 
 
+FLAGS: tuple[tuple[str, Any, str], ...] = (  # (Config field, number type or None, help)
+    ("protocol", None, "a published experiment to repeat (`shapebias protocols` lists them): sets every setting below"),
+    ("sparsity", None, "none | topk | topk_mean"),
+    ("topk", float, "fraction of positions kept, (0, 1]"),
+    ("topk_layers", None, "comma-separated stages: layer1..layer4"),
+    ("model_spec", None, "code | paper"),
+    ("stem_stride", int, "1 (authors) or 2 (seed)"),
+    ("dataset", None, "synthetic | IN-S1 | IN-S<n> (with --class-list)"),
+    ("data_dir", None, "ImageNet root with train/ and val/"),
+    ("stylized_dir", None, "stylized test folder (one sub-folder per WNID)"),
+    ("class_list", None, "WNID list file for IN-S2, IN-S3, ..."),
+    ("epochs", int, ""),
+    ("batch_size", int, "per Ray worker"),
+    ("lr", float, "base learning rate (cosine schedule over the epochs)"),
+    ("seed", int, ""),
+    ("num_workers", int, "Ray Train workers"),
+    ("synthetic_classes", int, ""),
+    ("synthetic_train_per_class", int, ""),
+    ("synthetic_test_per_class", int, ""),
+    ("image_size", int, "synthetic images' size"),
+    ("storage_path", None, "Ray Train checkpoints (default ./.ray_results)"),
+)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train_resnet", description=__doc__.split("\n\n")[0])
+    """Flags of the Config fields; a flag not given (or given empty) takes the protocol's value, else the default."""
+    p = argparse.ArgumentParser(prog="train_resnet", description=__doc__.split("\n\n")[0],
+                                argument_default=argparse.SUPPRESS)
     d = Config()
-    p.add_argument("--sparsity", default=d.sparsity, help="none | topk | topk_mean")
-    p.add_argument("--topk", type=_number(float), default=d.topk, help="fraction of positions kept, (0, 1]")
-    p.add_argument("--topk-layers", default=d.topk_layers, help="comma-separated stages: layer1..layer4")
-    p.add_argument("--model-spec", default=d.model_spec, help="code | paper")
-    p.add_argument("--stem-stride", type=_number(int), default=d.stem_stride, help="1 (authors) or 2 (seed)")
-    p.add_argument("--dataset", default=d.dataset, help="synthetic | IN-S1 | IN-S<n> (with --class-list)")
-    p.add_argument("--data-dir", default=d.data_dir, help="ImageNet root with train/ and val/")
-    p.add_argument("--stylized-dir", default=d.stylized_dir, help="stylized test folder (one sub-folder per WNID)")
-    p.add_argument("--class-list", default=d.class_list, help="WNID list file for IN-S2, IN-S3, ...")
-    p.add_argument("--epochs", type=_number(int), default=d.epochs)
-    p.add_argument("--batch-size", type=_number(int), default=d.batch_size)
-    p.add_argument("--lr", type=_number(float), default=d.lr)
-    p.add_argument("--seed", type=_number(int), default=d.seed)
-    p.add_argument("--num-workers", type=_number(int), default=d.num_workers, help="Ray Train workers")
-    p.add_argument("--synthetic-classes", type=_number(int), default=d.synthetic_classes)
-    p.add_argument("--synthetic-train-per-class", type=_number(int), default=d.synthetic_train_per_class)
-    p.add_argument("--synthetic-test-per-class", type=_number(int), default=d.synthetic_test_per_class)
-    p.add_argument("--image-size", type=_number(int), default=d.image_size, help="synthetic images' size")
-    p.add_argument("--storage-path", default=d.storage_path, help="Ray Train checkpoints (default ./.ray_results)")
+    for name, kind, text in FLAGS:
+        default = f"default {getattr(d, name)!r}" + ("" if name == "protocol" else ", or the protocol's")
+        p.add_argument("--" + name.replace("_", "-"), type=_number(kind) if kind else str,
+                       help=f"{text} ({default})" if text else f"({default})")
     p.add_argument("--run-id", default=None, help="resume this MLflow run (default: the active run, or a new one)")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    values = vars(args)
-    return Config(**{f.name: values[f.name] for f in dataclasses.fields(Config)})
+    """Config defaults, then the protocol's settings, then the flags given (an explicit flag wins: off-protocol).
+
+    An unknown protocol is left for :meth:`Config.validate` to report inside the run.
+    """
+    given = {}
+    for f in dataclasses.fields(Config):
+        value = getattr(args, f.name, None)
+        if value is not None and _unquote(value) != "":
+            given[f.name] = _unquote(value) if isinstance(value, str) else value
+    defaults = dataclasses.asdict(Config())
+    try:
+        values = protocols.resolve(TASK, defaults, given.get("protocol", ""), given)
+    except ConfigError:
+        values = {**defaults, **given}
+    return Config(**values)
 
 
 def _main(argv: list[str] | None = None) -> int:
