@@ -6,24 +6,54 @@ import re
 
 import pytest
 
+from shapebias import protocols
+from shapebias.errors import ConfigError
 from shapebias.report import Run
 from test_compare import log_runs  # tests/ is on sys.path (no __init__.py)
 from training import reproduce
 
 
-def resnet_run(spec, sparsity, ds, seed, status="FINISHED", metrics=None, tags=None) -> Run:
-    return Run(f"{spec}-{sparsity}-{ds}-{seed}",
-               {"model_spec": spec, "sparsity": sparsity, "stem_stride": "2.0", "dataset": ds, "seed": f"{seed}.0",
-                "topk": "0.2", "epochs": "30"},
+def resnet_run(spec, sparsity, ds, seed, status="FINISHED", metrics=None, tags=None, run_id="", **changes) -> Run:
+    """A run of a Table 1 protocol (with ``changes`` to its settings: then off-protocol)."""
+    name = f"table1.{spec}.{sparsity}.{ds}"
+    settings = {**protocols.get(name).values(), "stem_stride": "2.0", "seed": f"{seed}.0", "protocol": name,
+                "data_dir": "/data/imagenet", **{k: str(v) for k, v in changes.items()}}
+    return Run(run_id or f"{spec}-{sparsity}-{ds}-{seed}", settings,
                {"test_acc": 0.8, "stylized_acc": 0.6} if metrics is None else metrics,
-               {"shapebias.task": "train_resnet", **(tags or {})}, status=status)
+               {"shapebias.task": "train_resnet", "shapebias.protocol": name, **(tags or {})}, status=status)
 
 
 def test_grids_are_the_seed_reports():
     assert len(reproduce.grid("table1")) == 2 * 3 * 4 * 3
     assert len(reproduce.grid("table2")) == 4 * 3 + 2 * 4
     assert len(reproduce.grid("shape_bias")) == (1 + 6 + 6) + (1 + 6)
-    assert len(reproduce.grid("table1", seeds=["0"], datasets=["synthetic"])) == 6
+    assert len(reproduce.grid("table1", seeds=["0"], datasets=["IN-S1"])) == 6
+    with pytest.raises(ConfigError, match="synthetic has no protocol; the published ones are IN-S1"):
+        reproduce.grid("table1", datasets=["synthetic"])
+
+
+def test_empty_store_dry_run_spells_out_every_protocol_setting(mlflow_store, capsys):
+    assert reproduce.main(["table1", "--dry-run", "--experiment", "empty"]) == 0
+    out = capsys.readouterr().out
+    assert "72 cells x seeds" in out and "0 done, 72 missing, 0 unfinished" in out
+    launches = re.findall(r"^would launch: (.+)$", out, re.M)
+    assert len(launches) == 72
+    for line in launches:
+        assert re.search(r"--protocol table1\.(code|paper)\.\w+\.IN-S\d ", line)
+        for flag in ("--stem-stride 2", "--epochs 50", "--batch-size 32", "--lr 0.1", "--num-workers 1"):
+            assert flag in line, (flag, line)
+    assert sum("--topk 0.2 --topk-layers layer2" in line for line in launches) == 48
+
+
+def test_finished_runs_off_protocol_never_count_as_done(mlflow_store, capsys):
+    off = [resnet_run("code", "topk", "IN-S1", seed, run_id=f"short-{seed}", epochs=1) for seed in (0, 1, 2)]
+    unclaimed = Run("laptop", {**dict(off[0].params), "protocol": "", "epochs": "50"}, off[0].metrics,
+                    {"shapebias.task": "train_resnet"})
+    log_runs(mlflow_store, "short", [*off, unclaimed])
+    assert reproduce.main(["table1", "--dry-run", "--experiment", "short"]) == 0
+    out = capsys.readouterr().out
+    assert "0 done, 72 missing, 0 unfinished" in out
+    assert "note: 4 FINISHED train_resnet run(s) count for no cell" in out
 
 
 def test_dry_run_lists_exactly_the_missing_cells(mlflow_store, capsys):
@@ -38,15 +68,15 @@ def test_dry_run_lists_exactly_the_missing_cells(mlflow_store, capsys):
     assert reproduce.main(["table1", "--dry-run", "--experiment", "grid"]) == 0
     out = capsys.readouterr().out
     listed = set(re.findall(r"^  (?:missing|unfinished) +(.+?)(?: \(run \w+ did not finish: resume\))?$", out, re.M))
-    expected = {f"model_spec={spec} sparsity={sp} stem_stride=2 dataset={ds} seed={seed}"
+    expected = {f"table1.{spec}.{sp}.{ds} seed={seed}"
                 for spec in ("code", "paper") for sp in ("none", "topk", "topk_mean")
                 for ds in ("IN-S2", "IN-S3", "IN-S4") for seed in (0, 1, 2)}
-    expected.add("model_spec=paper sparsity=topk_mean stem_stride=2 dataset=IN-S1 seed=2")
+    expected.add("table1.paper.topk_mean.IN-S1 seed=2")
     assert listed == expected
     assert "72 cells x seeds" in out and f"{72 - len(expected)} done" in out and "1 unfinished" in out
     assert out.count("would launch: python -m training.train_resnet") == len(expected)
-    assert re.search(r"--model-spec code --sparsity none --stem-stride 2 --dataset IN-S4 --seed 0 +\[MLFLOW_RUN_ID=\w+\]",
-                     out)
+    assert re.search(r"--protocol table1.code.none.IN-S4 --model-spec code --stem-stride 2 --sparsity none --dataset IN-S4 "
+                     r"--epochs 50 --batch-size 32 --lr 0.1 --num-workers 1 --seed 0 +\[MLFLOW_RUN_ID=\w+\]", out)
 
 
 def test_local_launch_is_idempotent_after_an_interruption(mlflow_store, monkeypatch, capsys):
@@ -76,9 +106,9 @@ def test_local_launch_is_idempotent_after_an_interruption(mlflow_store, monkeypa
         return 0
 
     monkeypatch.setattr(reproduce.subprocess, "call", fake_call)
-    argv = ["table1", "--experiment", "live", "--seeds", "0", "--datasets", "synthetic", "--job-args=--epochs 1"]
+    argv = ["table1", "--experiment", "live", "--seeds", "0", "--datasets", "IN-S1", "--scale", "smoke"]
     assert reproduce.main(argv) == 1
-    assert len(calls) == 6 and all(c[0].endswith("--epochs 1") for c in calls)
+    assert len(calls) == 6 and all("--dataset synthetic --epochs 1" in c[0] for c in calls)
     failed = [c for c in calls if "topk_mean" in c[0]]
     assert len(failed) == 2
     calls.clear()
@@ -119,11 +149,16 @@ def test_ray_launch_skips_jobs_still_running(mlflow_store, monkeypatch, capsys):
     argv = ["shape_bias", "--where", "http://head:8265", "--experiment", "sb", "--levels", "0.1,0.2"]
     assert reproduce.main(argv) == 0
     entry = sorted(s[0] for s in submitted)
-    assert entry == ["python -m training.shape_bias --model alexnet --sparsity complement --topk 0.1,0.2 --weights pretrained",
-                     "python -m training.shape_bias --model alexnet --sparsity none --topk 1.0 --weights pretrained",
-                     "python -m training.shape_bias --model alexnet --sparsity topk --topk 0.1,0.2 --weights pretrained",
-                     "python -m training.shape_bias --model vgg16 --sparsity none --topk 1.0 --weights pretrained",
-                     "python -m training.shape_bias --model vgg16 --sparsity topk --topk 0.1,0.2 --weights pretrained"]
+    job = "python -m training.shape_bias --protocol"
+    assert entry == [
+        f"{job} fig1.alexnet.complement.10,fig1.alexnet.complement.20 --model alexnet --sparsity complement "
+        "--topk 0.1,0.2 --weights pretrained --limit 0",
+        f"{job} fig1.alexnet.none --model alexnet --sparsity none --weights pretrained --limit 0",
+        f"{job} fig1.alexnet.topk.10,fig1.alexnet.topk.20 --model alexnet --sparsity topk --topk 0.1,0.2 "
+        "--weights pretrained --limit 0",
+        f"{job} fig1.vgg16.none --model vgg16 --sparsity none --weights pretrained --limit 0",
+        f"{job} fig1.vgg16.topk.10,fig1.vgg16.topk.20 --model vgg16 --sparsity topk --topk 0.1,0.2 "
+        "--weights pretrained --limit 0"]
     env = submitted[0][2]["env_vars"]
     assert env["MLFLOW_TRACKING_URI"] == mlflow_store and env["MLFLOW_EXPERIMENT_ID"] and "MLFLOW_RUN_ID" not in env
     assert reproduce.main(argv) == 0  # nothing finished yet, but everything is still running

@@ -1,15 +1,21 @@
 """Launch the runs that a reproduction table is missing, and only those.
 
     shapebias reproduce table1 [--where local|http://HEAD:8265|ray://HEAD:10001] [--dry-run]
-                        [--experiment NAME] [--seeds 0,1,2] [--datasets IN-S1,IN-S2] [--job-args "..."]
+                        [--experiment NAME] [--seeds 0,1,2] [--datasets IN-S1,IN-S2] [--scale smoke]
     mlflow run . -e reproduce -P table=table1 -P dry_run=true --env-manager local
 
-The grid of a table (its cells x seeds) is compared with the runs already in the experiment: a
-cell x seed is done when a FINISHED run of the right task has the cell's parameters and the
-table's metrics (random-weight runs never count). Everything else is launched: locally one job
-after another (``python -m training.<job>``), or on a Ray cluster through the Ray Jobs API. A run
-that exists but did not finish (FAILED, KILLED, or RUNNING after an interruption) is relaunched
-with ``MLFLOW_RUN_ID`` set to it, so the job resumes that run (and Ray Train its checkpoint).
+The grid of a table is its protocols (``shapebias.protocols``) x seeds. A cell x seed is done
+when a FINISHED run claims the cell's protocol, its settings equal the protocol's (on-protocol),
+it has the seed and the table's metrics; random-weight runs never count. Every job is launched
+with ``--protocol NAME`` and every setting of the protocol spelled out. ``--scale smoke``
+launches the same cells as cheap pipeline checks (synthetic data, one epoch; 16 cue-conflict
+images): those runs are off-protocol, count only for ``--scale smoke`` and are never compared
+with published values. Table 2 has no protocols yet: its cells are matched on their parameters.
+
+Everything not done is launched: locally one job after another (``python -m training.<job>``),
+or on a Ray cluster through the Ray Jobs API. A run that exists but did not finish (FAILED,
+KILLED, or RUNNING after an interruption) is relaunched with ``MLFLOW_RUN_ID`` set to it, so the
+job resumes that run (and Ray Train its checkpoint).
 Running the command again after an interruption launches nothing that finished; on Ray, jobs
 of this experiment that are still pending or running are not submitted twice.
 """
@@ -25,7 +31,7 @@ import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 
-from shapebias import settings
+from shapebias import protocols, settings
 from shapebias.report import runs as report_runs
 from shapebias.report.runs import Run
 from shapebias.report.tables import TABLE2A_DATASETS, TABLE2B_DATASETS
@@ -35,6 +41,12 @@ from shapebias.tracking import cli_main
 TABLES = ("table1", "table2", "shape_bias")
 SHAPE_BIAS_LEVELS = ("0.05", "0.1", "0.2", "0.3", "0.4", "0.5")
 RESUMABLE = ("train_resnet", "train_fastgan")
+SCALES: dict[str, dict[str, dict[str, object]]] = {  # settings that --scale changes, per task
+    "full": {},
+    "smoke": {"train_resnet": {"dataset": "synthetic", "epochs": 1, "synthetic_classes": 10, "synthetic_train_per_class": 20,
+                               "synthetic_test_per_class": 10, "image_size": 32},
+              "shape_bias": {"limit": 16}},
+}
 JOB_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_S3_ENDPOINT_URL",
            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
            "SHAPEBIAS_SHARED_DIR", "SHAPEBIAS_CUE_CONFLICT_DIR", "SHAPEBIAS_FEW_SHOT_DIR")
@@ -46,11 +58,12 @@ class Cell:
 
     table: str
     task: str
-    params: tuple[tuple[str, str], ...]  # normalised, matched against runs
+    params: tuple[tuple[str, str], ...]  # the settings the cell's runs have (normalised)
     seed: str                            # "" where the task has no seed (shape bias)
+    protocol: str = ""                   # the protocol its runs claim ("" for tables without protocols)
 
     def label(self) -> str:
-        text = " ".join(f"{k}={v}" for k, v in self.params)
+        text = self.protocol or " ".join(f"{k}={v}" for k, v in self.params)
         return f"{text} seed={self.seed}" if self.seed else text
 
     def key(self) -> str:
@@ -78,57 +91,80 @@ def csv_list(value: str) -> list[str]:
 
 
 def grid(table: str, seeds: Sequence[str] | None = None, datasets: Sequence[str] | None = None,
-         levels: Sequence[str] | None = None) -> list[Cell]:
-    """The cells x seeds a table needs (the seed report's own grid unless narrowed)."""
+         levels: Sequence[str] | None = None, scale: str = "full") -> list[Cell]:
+    """The cells x seeds a table needs (the published grid unless narrowed), at ``scale``."""
     n = report_runs.canonical_value
-    cells: list[Cell] = []
-    if table == "table1":
-        for spec in ("code", "paper"):
-            for sparsity in ("none", "topk", "topk_mean"):
-                for ds in datasets or ("IN-S1", "IN-S2", "IN-S3", "IN-S4"):
-                    for seed in seeds or ("0", "1", "2"):
-                        cells.append(Cell(table, "train_resnet", (("model_spec", spec), ("sparsity", sparsity),
-                                                                  ("stem_stride", "2"), ("dataset", ds)), n(seed)))
-    elif table == "table2":
-        settings_a = [("none", "", "false"), ("topk", "0.05", "false"), ("topk", "0.05", "true")]
-        settings_b = [("none", "", "false"), ("topk", "0.05", "false"), ("topk", "0.15", "false"),
-                      ("topk", "0.15", "true")]
-        for ds in datasets or (*TABLE2A_DATASETS, *TABLE2B_DATASETS):
-            for sparsity, topk, noise in settings_b if ds in TABLE2B_DATASETS else settings_a:
-                for seed in seeds or ("0",):
-                    cells.append(Cell(table, "train_fastgan", (("dataset", ds), ("sparsity", sparsity),
-                                                               ("topk", topk), ("noise_injection", noise)), n(seed)))
-    elif table == "shape_bias":
-        for model, sparsities in (("alexnet", ("none", "topk", "complement")), ("vgg16", ("none", "topk"))):
-            for sparsity in sparsities:
-                for level in ("1",) if sparsity == "none" else (levels or SHAPE_BIAS_LEVELS):
-                    cells.append(Cell(table, "shape_bias", (("model", model), ("sparsity", sparsity),
-                                                            ("topk", n(level))), ""))
-    else:
-        check_choice("table", table, TABLES)
+    check_choice("table", table, TABLES)
+    check_choice("scale", scale, tuple(SCALES))
+    if table == "table2":
+        return _table2_grid(seeds, datasets)
+    chosen = protocols.for_table(table)
+    if table == "table1" and datasets:
+        chosen = _narrow(chosen, "dataset", "datasets", datasets)
+    if table == "shape_bias" and levels:
+        chosen = [p for p in chosen if p.values()["sparsity"] == "none"] + _narrow(
+            [p for p in chosen if p.values()["sparsity"] != "none"], "topk", "levels", [n(v) for v in levels])
+    cells = []
+    for p in chosen:
+        values = {**p.values(), **{k: protocols.canonical(v) for k, v in SCALES[scale].get(p.task, {}).items()}}
+        params = tuple(values.items())
+        for seed in ("",) if p.task == "shape_bias" else (seeds or ("0", "1", "2")):
+            cells.append(Cell(table, p.task, params, n(seed) if seed else "", p.name))
+    return cells
+
+
+def _narrow(chosen: list[protocols.Protocol], key: str, option: str, wanted: Sequence[str]) -> list:
+    known = list(dict.fromkeys(p.values()[key] for p in chosen))
+    bad = [w for w in wanted if w not in known]
+    if bad:
+        raise ConfigError(f"{option}={','.join(wanted)!r}: {', '.join(bad)} has no protocol; "
+                          f"the published ones are {', '.join(known)}")
+    return [p for p in chosen if p.values()[key] in wanted]
+
+
+def _table2_grid(seeds: Sequence[str] | None, datasets: Sequence[str] | None) -> list[Cell]:
+    n, table, cells = report_runs.canonical_value, "table2", []
+    settings_a = [("none", "", "false"), ("topk", "0.05", "false"), ("topk", "0.05", "true")]
+    settings_b = [("none", "", "false"), ("topk", "0.05", "false"), ("topk", "0.15", "false"),
+                  ("topk", "0.15", "true")]
+    for ds in datasets or (*TABLE2A_DATASETS, *TABLE2B_DATASETS):
+        for sparsity, topk, noise in settings_b if ds in TABLE2B_DATASETS else settings_a:
+            for seed in seeds or ("0",):
+                cells.append(Cell(table, "train_fastgan", (("dataset", ds), ("sparsity", sparsity),
+                                                           ("topk", topk), ("noise_injection", noise)), n(seed)))
     return cells
 
 
 def cell_of(run: Run, table: str) -> tuple[tuple[tuple[str, str], ...], str] | None:
-    """The (params, seed) of a run in the terms of :func:`grid`, or None if it is not the table's task."""
-    spec = report_runs.SPEC_OF_TABLE[table]
-    if run.task != spec.task:
+    """Table 2 (no protocols yet): the (params, seed) of a run in the terms of :func:`grid`."""
+    if run.task != report_runs.SPEC_OF_TABLE["table2"].task:
         return None
     p = {k: report_runs.canonical_value(v) for k, v in run.params.items()}
-    if table == "table1":
-        names = ("model_spec", "sparsity", "stem_stride", "dataset")
-    elif table == "table2":
-        p["dataset"] = report_runs.dataset_of(run.params)
-        p["noise_injection"] = p.get("noise_injection", "false")
-        if p.get("sparsity") == "none":
-            p["topk"] = ""
-        names = ("dataset", "sparsity", "topk", "noise_injection")
-    else:
-        if p.get("sparsity") == "none":
-            p["topk"] = "1"
-        names = ("model", "sparsity", "topk")
-    seed = "" if table == "shape_bias" else p.get("seed", "")
-    return tuple((k, p.get(k, "")) for k in names), seed
+    p["dataset"] = report_runs.dataset_of(run.params)
+    p["noise_injection"] = p.get("noise_injection", "false")
+    if p.get("sparsity") == "none":
+        p["topk"] = ""
+    names = ("dataset", "sparsity", "topk", "noise_injection")
+    return tuple((k, p.get(k, "")) for k in names), p.get("seed", "")
+
+
+def place_of(run: Run, table: str, scale: str) -> tuple | None:
+    """Where a run stands in a table's grid: (protocol or params, seed), or None when it counts for no cell.
+
+    A run counts for the cell of the protocol it claims when its settings equal that protocol's
+    (at ``scale``: the smoke settings); a shape-bias run has no seed.
+    """
+    if table == "table2":
+        return cell_of(run, table)
+    claimed = protocols.claim_of(run.tags, run.params)
+    p = protocols.REGISTRY.get(claimed)
+    if p is None or p.table != table or run.task != p.task:
+        return None
+    target = {**p.values(), **SCALES[scale].get(p.task, {})}
+    rules = protocols.TASKS[p.task]
+    if rules.effective({**run.params}) != rules.effective(target):
+        return None
+    return claimed, "" if p.task == "shape_bias" else report_runs.canonical_value(run.params.get("seed", ""))
 
 
 @dataclasses.dataclass
@@ -138,14 +174,14 @@ class Status:
     run_id: str = ""
 
 
-def status(cells: Sequence[Cell], runs: Iterable[Run]) -> list[Status]:
+def status(cells: Sequence[Cell], runs: Iterable[Run], scale: str = "full") -> list[Status]:
     """Which cells x seeds are done (a FINISHED run with the metrics), unfinished, or missing."""
     table = cells[0].table if cells else "table1"
     metrics = report_runs.SPEC_OF_TABLE[table].metrics
     done: dict[tuple, str] = {}
     unfinished: dict[tuple, Run] = {}
     for run in runs:
-        where = cell_of(run, table)
+        where = place_of(run, table, scale)
         if where is None or run.random_weights:
             continue
         if run.status == "FINISHED" and all(m in run.metrics for m in metrics):
@@ -156,7 +192,7 @@ def status(cells: Sequence[Cell], runs: Iterable[Run]) -> list[Status]:
                 unfinished[where] = run
     out = []
     for c in cells:
-        where = (c.params, c.seed)
+        where = (c.protocol or c.params, c.seed)
         if where in done:
             out.append(Status(c, "done", done[where]))
         elif where in unfinished:
@@ -178,8 +214,7 @@ def jobs_for(todo: Sequence[Status], job_args: Sequence[str] = (), data_root: st
         c, p = st.cell, dict(st.cell.params)
         resume = st.run_id if st.state == "unfinished" and c.task in RESUMABLE else ""
         if c.task == "train_resnet":
-            args = ["--model-spec", p["model_spec"], "--sparsity", p["sparsity"], "--stem-stride", p["stem_stride"],
-                    "--dataset", p["dataset"], "--seed", c.seed]
+            args = ["--protocol", c.protocol, *protocols.flags(p), "--seed", c.seed]
             jobs.append(Job("training.train_resnet", args + list(job_args), [c], resume))
         elif c.task == "train_fastgan":
             try:
@@ -195,11 +230,11 @@ def jobs_for(todo: Sequence[Status], job_args: Sequence[str] = (), data_root: st
             jobs.append(Job("training.train_fastgan", args + list(job_args), [c], resume))
         else:
             sweeps.setdefault((p["model"], p["sparsity"]), []).append(c)
-    for (model, sparsity), cells in sweeps.items():
-        levels = ",".join(dict(c.params)["topk"] for c in cells)
-        if sparsity == "none":
-            levels = "1.0"
-        args = ["--model", model, "--sparsity", sparsity, "--topk", levels, "--weights", "pretrained"]
+    for cells in sweeps.values():
+        values = dict(cells[0].params)
+        if values["sparsity"] != "none":
+            values["topk"] = ",".join(dict(c.params)["topk"] for c in cells)
+        args = ["--protocol", ",".join(c.protocol for c in cells), *protocols.flags(values)]
         jobs.append(Job("training.shape_bias", args + list(job_args), cells))
     return jobs
 
@@ -213,6 +248,26 @@ def few_shot_folder(name: str, data_root: str = "") -> str:
         raise DataError(f"no folder for the few-shot set {name!r}: pass --data-root DIR (with DIR/{name}/), "
                         "set SHAPEBIAS_FEW_SHOT_DIR, or leave the set out with --datasets")
     return str(path)
+
+
+def notes(cells: Sequence[Cell], runs: Sequence[Run], job_args: Sequence[str], scale: str) -> list[str]:
+    """What the user should know: runs that count for no cell, flags that leave the protocols."""
+    out = []
+    if cells and cells[0].protocol:
+        task, table = cells[0].task, cells[0].table
+        ignored = [r for r in runs if r.task == task and r.status == "FINISHED" and not r.random_weights
+                   and place_of(r, table, scale) is None]
+        if ignored:
+            out.append(f"{len(ignored)} FINISHED {task} run(s) count for no cell: they claim no protocol of "
+                       f"{table} or their settings differ from it (`shapebias compare` lists them under other settings)")
+        keys = {k for c in cells for k, _ in c.params}
+        changed = sorted({a[2:].split("=")[0].replace("-", "_") for a in job_args if a.startswith("--")} & keys)
+        if changed:
+            out.append(f"--job-args sets {', '.join(changed)}: a protocol setting; these runs will be off-protocol, "
+                       "never count as done and never sit beside a published value")
+    if scale != "full":
+        out.append(f"scale {scale}: pipeline checks, off-protocol by design; never compared with published values")
+    return out
 
 
 # --- launching ---------------------------------------------------------------------------------
@@ -278,7 +333,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", default="", help="comma-separated seeds (default: 0,1,2 for table1, 0 for table2)")
     p.add_argument("--datasets", default="", help="comma-separated datasets (default: the seed report's)")
     p.add_argument("--levels", default="", help="shape_bias: Top-K levels (default: 0.05,0.1,0.2,0.3,0.4,0.5)")
-    p.add_argument("--job-args", default="", help="extra arguments for every job, e.g. --job-args=\"--epochs 30 --data-dir /in\"")
+    p.add_argument("--scale", default="full", help="full (the protocols) | smoke (cheap off-protocol pipeline checks)")
+    p.add_argument("--job-args", default="", help="extra arguments for every job, e.g. --job-args=\"--data-dir /in\" "
+                   "(one that changes a protocol setting makes the runs off-protocol: they never count as done)")
     p.add_argument("--data-root", default="", help="table2: folder that holds the few-shot sets by name")
     p.add_argument("--tracking-uri", default="", help="default: MLFLOW_TRACKING_URI")
     args = p.parse_args(argv)
@@ -320,8 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.set_tracking_uri(args.tracking_uri)
     client = MlflowClient()
     cells = grid(args.table, csv_list(args.seeds) or None, csv_list(args.datasets) or None,
-                 csv_list(args.levels) or None)
-    states = status(cells, read_experiment_runs(client, args.experiment))
+                 csv_list(args.levels) or None, args.scale)
+    runs = read_experiment_runs(client, args.experiment)
+    states = status(cells, runs, args.scale)
     todo = [s for s in states if s.state != "done"]
     print(f"{args.table}: {len(cells)} cells x seeds in experiment {args.experiment!r} "
           f"({client.tracking_uri}): {len(cells) - len(todo)} done, "
@@ -329,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     for s in todo:
         extra = f" (run {s.run_id} did not finish: resume)" if s.state == "unfinished" else ""
         print(f"  {s.state:<10} {s.cell.label()}{extra}")
+    for line in notes(cells, runs, shlex.split(args.job_args), args.scale):
+        print(f"note: {line}")
     if not todo:
         print("nothing to launch")
         return 0

@@ -25,11 +25,11 @@ from typing import Any
 from shapebias.errors import ConfigError
 from shapebias.protocols import fig1, table1
 from shapebias.protocols.model import (NONE, Check, Protocol, Setting, TaskSettings, canonical, describe_differences,
-                                       differences, fingerprint)
+                                       differences, fingerprint, flags)
 from shapebias.protocols.tasks import TASKS
 
-__all__ = ["NONE", "Check", "Protocol", "Setting", "TaskSettings", "canonical", "check", "describe_differences",
-           "fingerprint", "get", "for_table", "for_task", "resolve", "run_tags", "settings_of", "TAGS"]
+__all__ = ["NONE", "Check", "Protocol", "Setting", "TaskSettings", "canonical", "check", "check_run", "claim_of", "describe_differences",
+           "fingerprint", "flags", "get", "for_table", "for_task", "resolve", "run_tags", "settings_of", "TAGS"]
 
 FAMILIES = (table1, fig1)
 
@@ -136,6 +136,17 @@ def nearest(task: str, values: Mapping[str, Any]) -> tuple[Protocol | None, dict
     scored = [(differences(rules.effective(p.values()), effective), p) for p in for_task(task)]
     diff, best = min(scored, key=lambda dp: len(dp[0]))
     return best, diff
+
+
+def claim_of(tags: Mapping[str, str], params: Mapping[str, str]) -> str:
+    """The protocol a logged run claims: its tag, else its ``protocol`` param; "" for none."""
+    claimed = tags.get(PROTOCOL_TAG) or params.get("protocol", "")
+    return "" if claimed.strip() in ("", NONE) else claimed.strip()
+
+
+def check_run(task: str, tags: Mapping[str, str], params: Mapping[str, str]) -> Check:
+    """:func:`check` for a logged run (its claim and its params)."""
+    return check(task, claim_of(tags, params), params)
 
 
 def run_tags(result: Check) -> dict[str, str]:

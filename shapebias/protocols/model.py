@@ -93,10 +93,15 @@ class Protocol:
 
     def cli_args(self) -> list[str]:
         """Every setting as a job flag: ``["--epochs", "50", "--lr", "0.1", ...]``."""
-        out: list[str] = []
-        for key, value in self.values().items():
-            out += ["--" + key.replace("_", "-"), value]
-        return out
+        return flags(self.values())
+
+
+def flags(values: Mapping[str, Any]) -> list[str]:
+    """Settings as job flags: ``{"batch_size": 32}`` -> ``["--batch-size", "32"]``."""
+    out: list[str] = []
+    for key, value in values.items():
+        out += ["--" + key.replace("_", "-"), canonical(value)]
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
