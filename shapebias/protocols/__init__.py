@@ -7,7 +7,7 @@
 
 Families (one module each, a ``protocols()`` function returning its list):
 
-* ``table1``: the seed's Table 1 (``table1.<model_spec>.<sparsity>.<dataset>``), task ``train_resnet``;
+* ``table1``: the prior reproduction's Table 1 (``table1.<model_spec>.<sparsity>.<dataset>``), task ``train_resnet``;
 * ``fig1``: the authors' Fig. 1 levels (``fig1.<model>.<sparsity>[.<level %>]``), task ``shape_bias``.
 
 Adding a family (e.g. Table 2's FastGAN runs): write ``shapebias/protocols/<family>.py`` with a

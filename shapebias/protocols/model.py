@@ -41,7 +41,7 @@ def canonical(value: Any) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """One value of a protocol and where it comes from (seed code, authors' code, paper)."""
+    """One value of a protocol and where it comes from (prior reproduction's code, authors' code, paper)."""
 
     value: Any
     source: str

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-SEED_REPO = "COMP6258-Reproducibility-Challenge/emergence-of-shape-bias"
+PRIOR_REPO = "COMP6258-Reproducibility-Challenge/emergence-of-shape-bias"
 AUTHORS_REPO = "Crazy-Jack/nips2023_shape_vs_texture"
 
-SEED_TRAIN = f"{SEED_REPO}: cnns-train-top-k/train_resnet.py"
-SEED_MODEL = f"{SEED_REPO}: cnns-train-top-k/resnet_model.py"
-SEED_DATA = f"{SEED_REPO}: cnns-train-top-k/utils.py"
-SEED_REPORT = "seed report (Rungseesiripak et al., University of Southampton)"
-TORCHBEARER = "pytorchbearer/torchbearer 0.5.5 (pinned in the seed's requirements.txt): torchbearer/trial.py Trial.run"
+PRIOR_TRAIN = f"{PRIOR_REPO}: cnns-train-top-k/train_resnet.py"
+PRIOR_MODEL = f"{PRIOR_REPO}: cnns-train-top-k/resnet_model.py"
+PRIOR_DATA = f"{PRIOR_REPO}: cnns-train-top-k/utils.py"
+PRIOR_REPORT = "prior reproduction's report (Rungseesiripak et al., University of Southampton)"
+TORCHBEARER = "pytorchbearer/torchbearer 0.5.5 (pinned in the prior reproduction's requirements.txt): torchbearer/trial.py Trial.run"
 
 AUTHORS_TRAIN = f"{AUTHORS_REPO}: cnns-train-top-k/train_imgnet_10.py"
 AUTHORS_SCRIPTS = f"{AUTHORS_REPO}: cnns-train-top-k/scripts/IN-S1/run_topk.sh"
