@@ -11,25 +11,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shapebias import reference
+from shapebias import protocols, reference
 from shapebias.report import Run, build_report, stats, write_outputs
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def seed_table1_runs(seeds=(0, 1, 2)) -> list[Run]:
-    """Three runs per cell whose values are m - s, m, m + s: mean m, sample std s (the seed's Table 1)."""
+def seed_table1_runs(seeds=(0, 1, 2), on_protocol: bool = True) -> list[Run]:
+    """Three runs per cell whose values are m - s, m, m + s: mean m, sample std s (the seed's Table 1).
+
+    The runs claim the cell's protocol and have its settings; ``on_protocol=False``: 30 epochs at lr 0.05.
+    """
     runs = []
     offsets = {3: (-1, 0, 1), 2: (-math.sqrt(0.5), math.sqrt(0.5)), 1: (0,)}[len(seeds)]
     for p in reference.load("seed_table1").itertuples():
+        name = f"table1.{p.model_spec}.{p.sparsity}.{p.dataset}"
+        settings = {"topk": "0.2", "topk_layers": "layer2", **protocols.get(name).values(), "protocol": name}
+        if not on_protocol:
+            settings.update(epochs="30", lr="0.05")
         for seed, k in zip(seeds, offsets):
             runs.append(Run(
-                f"{p.model_spec}-{p.sparsity}-{p.dataset}-{seed}",
-                {"model_spec": p.model_spec, "sparsity": p.sparsity, "stem_stride": "2", "dataset": p.dataset,
-                 "seed": str(seed), "topk": "0.2", "topk_layers": "layer2", "epochs": "30", "lr": "0.05"},
+                f"{p.model_spec}-{p.sparsity}-{p.dataset}-{seed}", {**settings, "seed": str(seed)},
                 {"test_acc": (p.test_acc_mean + k * p.test_acc_std) / 100,
                  "stylized_acc": (p.stylized_acc_mean + k * p.stylized_acc_std) / 100},
-                {"shapebias.task": "train_resnet"}))
+                {"shapebias.task": "train_resnet", "shapebias.protocol": name}))
     return runs
 
 
@@ -73,15 +78,35 @@ def test_table1_n_shown_where_not_three_and_one_seed_untestable():
 
 
 def test_table1_rows_split_by_stem_stride_and_other_varying_params():
-    runs = seed_table1_runs()
+    runs = seed_table1_runs(on_protocol=False)
     extra = [Run(r.run_id + "-s1", {**r.params, "stem_stride": "1.0"}, r.metrics, r.tags) for r in runs[:3]]
     report = build_report(runs + extra, plots=False)
-    labels = list(next(s.table for s in report.sections if s.key == "table1")["Model"])
+    labels = list(next(s.table for s in report.sections if s.key == "table1_other_settings")["Model"])
     assert "CS ResNet-18 (stride 1)" in labels and "CS ResNet-18 (stride 2)" in labels
     other = [Run(r.run_id + "-e", {**r.params, "epochs": "5"}, r.metrics, r.tags) for r in runs[:3]]
     labels = list(next(s.table for s in build_report(runs + other, plots=False).sections
-                       if s.key == "table1")["Model"])
+                       if s.key == "table1_other_settings")["Model"])
     assert "CS ResNet-18 [epochs=5]" in labels and "CS ResNet-18 [epochs=30]" in labels
+
+
+def test_only_on_protocol_runs_sit_beside_published_values():
+    """One cell's runs on its protocol, and the same cell's runs at 1 epoch / without a claim."""
+    on = [r for r in seed_table1_runs() if r.run_id.startswith(("code-none-IN-S1-", "code-topk-IN-S1-"))]
+    short = [Run(r.run_id + "-1ep", {**r.params, "epochs": "1"}, {"test_acc": 0.3, "stylized_acc": 0.2}, r.tags)
+             for r in on]
+    laptop = [Run("laptop", {**on[0].params, "protocol": ""}, on[0].metrics, {"shapebias.task": "train_resnet"})]
+    report = build_report(on + short + laptop, plots=False)
+    vs = next(s.table for s in report.sections if s.key == "table1_vs_published")
+    assert len(vs) == 2 and set(vs["n"]) == {3} and set(vs["Δ clean (pp)"]) == {"+0.0"}
+    other = next(s for s in report.sections if s.key == "table1_other_settings")
+    assert "Δ clean (pp)" not in other.table.columns and "published" not in other.table.columns
+    notes = " ".join(other.notes)
+    assert "3 run(s): off protocol table1.code.none.IN-S1: epochs=1 (protocol: 50)" in notes
+    assert "3 run(s): off protocol table1.code.topk.IN-S1: epochs=1 (protocol: 50)" in notes
+    assert "1 run(s): claims no protocol; nearest table1.code.none.IN-S1: same settings" in notes
+    assert len(report.verdicts) == 2  # Top-K vs dense on IN-S1, clean and stylized: on-protocol cells only
+    wide = next(s.table for s in report.sections if s.key == "table1")
+    assert list(wide.iloc[0])[1] == "88.4 ± 0.3 (67.2 ± 1.8)"  # the short runs did not mix into the cell
 
 
 def test_table2a_and_2b_match_the_seed():
@@ -185,16 +210,28 @@ def test_bad_runs_are_listed_not_dropped():
 def test_shape_bias_table_keeps_random_weights_apart():
     pub = reference.load("li2023_shape_bias")
     pub = pub[(pub.reproduces == "true") & (pub.model == "alexnet")]
-    runs = [Run(f"sb-{i}", {"model": p.model, "sparsity": p.sparsity, "topk": p.topk, "weights": "pretrained"},
-                {"shape_bias": float(p.shape_bias)}, {"shapebias.task": "shape_bias"}) for i, p in enumerate(pub.itertuples())]
-    runs.append(Run("rnd", {"model": "alexnet", "sparsity": "topk", "topk": "0.1", "weights": "random"},
-                    {"shape_bias": 0.5}, {"shapebias.task": "shape_bias", "shapebias.weights": "random"}))
+    def claim(p) -> str:
+        return f"fig1.{p.model}.{p.sparsity}" + ("" if p.sparsity == "none" else f".{float(p.topk) * 100:g}")
+
+    runs = [Run(f"sb-{i}", {"model": p.model, "sparsity": p.sparsity, "topk": p.topk, "weights": "pretrained",
+                            "limit": "0"},
+                {"shape_bias": float(p.shape_bias)}, {"shapebias.task": "shape_bias", "shapebias.protocol": claim(p)})
+            for i, p in enumerate(pub.itertuples())]
+    runs.append(Run("rnd", {"model": "alexnet", "sparsity": "topk", "topk": "0.1", "weights": "random", "limit": "0"},
+                    {"shape_bias": 0.5}, {"shapebias.task": "shape_bias", "shapebias.weights": "random",
+                                          "shapebias.protocol": "fig1.alexnet.topk.10"}))
+    runs.append(Run("lim", {"model": "alexnet", "sparsity": "topk", "topk": "0.1", "weights": "pretrained",
+                            "limit": "16"}, {"shape_bias": 0.9},
+                    {"shapebias.task": "shape_bias", "shapebias.protocol": "fig1.alexnet.topk.10"}))
     report = build_report(runs, plots=True)
     assert {"shape_bias", "shape_bias_vs_published", "shape_bias_random_weights"} <= set(report.built)
     vs = next(s.table for s in report.sections if s.key == "shape_bias_vs_published")
     assert set(vs["Δ (pp)"]) == {"+0.0"} and len(vs) == len(pub)
     rnd = next(s for s in report.sections if s.key == "shape_bias_random_weights")
     assert "RANDOM WEIGHTS" in rnd.title and len(rnd.table) == 1
+    assert "weights=random (protocol: pretrained)" in " ".join(rnd.notes)
+    lim = next(s for s in report.sections if s.key == "shape_bias_other_settings")
+    assert "limit=16 (protocol: 0)" in " ".join(lim.notes) and len(lim.table) == 1
     trend = report.verdicts[report.verdicts.claim == stats.CLAIM_SB_TREND.text].iloc[0]
     assert trend["test"].startswith("Spearman") and trend["verdict"] == "holds"
     assert "shape_bias.png" in report.plots

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import pandas as pd
 
+from shapebias.report import onprotocol
 from shapebias.report.runs import LeftOut, Run, select_runs
 from shapebias.report.tables import Section, TableResult, fastgan_fid_tables, resnet_accuracy_table, shape_bias_tables
 from shapebias.report.verdicts import Verdict, decide
@@ -33,20 +34,27 @@ class Report:
 
 
 def build_report(runs: Iterable[Run], plots: bool = True) -> Report:
-    """Every table its runs allow; verdicts with Holm's correction within each claim."""
+    """Every table its runs allow; verdicts with Holm's correction within each claim.
+
+    Runs on a published protocol sit beside its value; the others go to "other settings" sections.
+    """
     runs = list(runs)
     by_table, left_out, notes = select_runs(runs)
     sections: list[Section] = []
     verdicts: list[Verdict] = []
     plot_data = {}
     for name, builder in BUILDERS.items():
-        if not by_table.get(name):
-            continue
-        result = builder(by_table[name])
-        sections += result.sections
-        verdicts += result.verdicts
-        left_out += result.superseded
-        plot_data[name] = result.plot_data
+        on, off = onprotocol.split(name, by_table.get(name, []))
+        if on:  # beside the published values, with verdicts
+            result = builder(on)
+            sections += result.sections
+            verdicts += result.verdicts
+            left_out += result.superseded
+            plot_data[name] = result.plot_data
+        if off:  # other settings: their numbers only
+            other = builder(off)
+            sections += onprotocol.other_settings(other, off)
+            left_out += other.superseded
     figures = {}
     if plots:
         from shapebias.plots import report_figures

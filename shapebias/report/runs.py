@@ -22,7 +22,7 @@ PARENT_TAG = "mlflow.parentRunId"
 # Parameters that never make two runs different configurations.
 IGNORED_PARAMS = frozenset({
     "seed", "data_dir", "stylized_dir", "class_list", "storage_path", "fid_weights", "num_workers",
-    "output_dir", "weights", "sweep",
+    "output_dir", "weights", "sweep", "protocol", "device",
 })
 # Parameters that mean nothing for a dense model (sparsity none): blanked before grouping.
 SPARSITY_ONLY_PARAMS = ("topk", "topk_layers")
