@@ -6,8 +6,13 @@ Schema (the contract that the compare step, the MLflow UI and users' notebooks r
 * params: the whole configuration, flat (see :func:`flatten`);
 * provenance tags: ``shapebias.git_commit``, ``shapebias.data_fingerprint``,
   ``shapebias.versions.<package>``, ``shapebias.device``;
+* protocol tags (:data:`shapebias.protocols.TAGS`): ``shapebias.protocol`` (the published
+  experiment a run claims, or ``none``), ``shapebias.settings_fingerprint``,
+  ``shapebias.on_protocol``, ``shapebias.protocol_check``;
 * metrics: fractions in [0, 1] (``test_acc``, ``stylized_acc``, ``shape_bias``) and ``fid``;
   per-epoch curves under the same names with ``step``.
+
+The whole schema is described in ``docs/run-schema.md``.
 
 Ray workers do not inherit the driver's environment: the driver hands them a :class:`RunRef`
 (tracking URI + run id) and rank 0 logs through :class:`MetricLogger`.

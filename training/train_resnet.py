@@ -2,13 +2,19 @@
 
     mlflow run . -e train_resnet -P sparsity=topk [--env-manager local]
     python -m training.train_resnet --sparsity topk --epochs 4
+    python -m training.train_resnet --protocol table1.code.topk.IN-S1 --data-dir /data/imagenet --seed 0
+
+``--protocol NAME`` sets every setting of a published experiment (``shapebias protocols``); a
+flag that changes one makes the run off-protocol. The run is tagged with its claim, the
+fingerprint of its effective settings and whether it is on the protocol (docs/protocols.md).
 
 The driver creates (or resumes) the MLflow run, checks the input, and starts a Ray Train
 ``TorchTrainer`` named after the MLflow run id, so that starting the job again with the same run
 (``--run-id``) continues from the last per-epoch checkpoint. Rank 0 logs per-epoch
 ``train_loss``, ``train_acc``, ``test_acc``, ``stylized_acc`` and (where the data set has a
 cue-conflict split) ``shape_bias``, one point per epoch; the final values are the last points.
-The driver logs the final model.
+The driver logs the final model and the best epoch's accuracies (``best_test_acc``,
+``best_stylized_acc`` and their 1-based epochs).
 
 Reusable pieces: :class:`Config`, :func:`build_model`, :func:`build_data`, :func:`train_epoch`,
 :func:`evaluate`, :func:`train_loop_per_worker`, :func:`run`.
