@@ -6,6 +6,8 @@ Schema (the contract that the compare step, the MLflow UI and users' notebooks r
 * params: the whole configuration, flat (see :func:`flatten`);
 * provenance tags: ``shapebias.git_commit``, ``shapebias.data_fingerprint``,
   ``shapebias.versions.<package>``, ``shapebias.device``;
+* tag ``shapebias.param.<name>``: the value a param had in the run where MLflow had already
+  logged another (``mlflow run`` logs an empty MLproject parameter as ``''``);
 * protocol tags (:data:`shapebias.protocols.TAGS`): ``shapebias.protocol`` (the published
   experiment a run claims, or ``none``), ``shapebias.settings_fingerprint``,
   ``shapebias.on_protocol``, ``shapebias.protocol_check``;
@@ -44,6 +46,9 @@ TASK_TAG = "shapebias.task"
 TASKS = ("train_resnet", "train_fastgan", "shape_bias", "texture_synthesis", "compare")
 ERROR_TAG = "shapebias.error"
 WEIGHTS_TAG = "shapebias.weights"  # "pretrained" or "random": random-weight runs never pass as real
+# A param that was already logged with another value (``mlflow run`` logs MLproject's parameters
+# first, an empty one as ''; MLflow never changes a param) gets its value as run in this tag.
+PARAM_TAG_PREFIX = "shapebias.param."
 PACKAGES = ("torch", "torchvision", "mlflow", "ray", "numpy", "shapebias")
 
 # Environment variables forwarded to Ray workers (credentials travel only this way, never as params).
@@ -212,9 +217,13 @@ def tracked_run(
     with mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested) as run:
         mlflow.set_tags({TASK_TAG: task, **provenance_tags(data_fingerprint), **(tags or {})})
         existing = run.data.params
-        fresh = {k: v for k, v in flatten(params).items() if k not in existing}
+        flat = flatten(params)
+        fresh = {k: v for k, v in flat.items() if k not in existing}
         if fresh:
             mlflow.log_params(fresh)
+        overridden = {f"{PARAM_TAG_PREFIX}{k}": v for k, v in flat.items() if k in existing and existing[k] != v}
+        if overridden:
+            mlflow.set_tags(overridden)
         try:
             yield run
         except BaseException as exc:

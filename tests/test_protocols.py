@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import yaml
+from mlflow.entities import Param
 from torchvision import transforms
 
 from shapebias import protocols
@@ -154,3 +155,25 @@ def test_protocols_command_lists_and_details(capsys):
     assert "cnns-train-top-k/train_resnet.py" in out and "Imagenette" in out
     assert listing.main(["table9"]) == 2
     assert "families: fig1, table1" in capsys.readouterr().err
+
+
+def test_params_mlflow_run_logged_first_are_read_as_the_job_ran_them(mlflow_store):
+    """`mlflow run` logs MLproject's empty parameters as '' before the job; the job's values win on reading."""
+    from mlflow.tracking import MlflowClient
+
+    from shapebias import tracking
+    from shapebias.report import Run
+
+    client = MlflowClient(mlflow_store)
+    first = client.create_run("0")
+    client.log_batch(first.info.run_id, params=[Param("protocol", TABLE1), Param("epochs", "''"), Param("lr", "''")])
+    cfg = resnet_config(["--protocol", TABLE1])
+    with tracking.tracked_run("train_resnet", dataclasses.asdict(cfg), run_id=first.info.run_id):
+        pass
+    stored = client.get_run(first.info.run_id)
+    assert stored.data.params["epochs"] == "''" and stored.data.tags["shapebias.param.epochs"] == "50"
+    run = Run(stored.info.run_id, dict(stored.data.params), {}, dict(stored.data.tags))
+    assert run.params["epochs"] == "50" and run.params["lr"] == "0.1"
+    assert protocols.check_run("train_resnet", run.tags, run.params).on_protocol
+    assert not any(k.startswith("shapebias.param.") and k != "shapebias.param.epochs" and k != "shapebias.param.lr"
+                   for k in stored.data.tags)

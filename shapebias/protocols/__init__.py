@@ -28,8 +28,9 @@ from shapebias.protocols.model import (NONE, Check, Protocol, Setting, TaskSetti
                                        differences, fingerprint, flags)
 from shapebias.protocols.tasks import TASKS
 
-__all__ = ["NONE", "Check", "Protocol", "Setting", "TaskSettings", "canonical", "check", "check_run", "claim_of", "describe_differences",
-           "fingerprint", "flags", "get", "for_table", "for_task", "resolve", "run_tags", "settings_of", "TAGS"]
+__all__ = ["NONE", "REGISTRY", "TAGS", "Check", "Protocol", "Setting", "TaskSettings", "canonical", "check",
+           "check_run", "claim_of", "describe_differences", "differences", "fingerprint", "flags", "for_table",
+           "for_task", "get", "names_of", "nearest", "resolve", "run_tags", "settings_of"]
 
 FAMILIES = (table1, fig1)
 

@@ -18,6 +18,7 @@ import numpy as np
 TASK_TAG = "shapebias.task"
 WEIGHTS_TAG = "shapebias.weights"  # same name as shapebias.tracking.WEIGHTS_TAG (no MLflow import here)
 PARENT_TAG = "mlflow.parentRunId"
+PARAM_TAG_PREFIX = "shapebias.param."  # same as shapebias.tracking.PARAM_TAG_PREFIX
 
 # Parameters that never make two runs different configurations.
 IGNORED_PARAMS = frozenset({
@@ -40,6 +41,13 @@ class Run:
     experiment: str = ""
     start_time: int = 0
     run_name: str = ""
+
+    def __post_init__(self) -> None:
+        """Params as the run ran them: a ``shapebias.param.<name>`` tag replaces the param MLflow
+        logged first (``mlflow run`` logs MLproject's empty parameters as ``''``)."""
+        run_values = {k[len(PARAM_TAG_PREFIX):]: v for k, v in self.tags.items() if k.startswith(PARAM_TAG_PREFIX)}
+        if run_values:
+            self.params = {**self.params, **run_values}
 
     @property
     def task(self) -> str:
