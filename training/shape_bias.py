@@ -2,6 +2,7 @@
 
     mlflow run . -e shape_bias --env-manager local -P model=alexnet -P topk=0.1
     mlflow run . -e shape_bias --env-manager local -P model=vgg16 -P topk=1.0,0.05,0.1,0.2,0.3,0.4,0.5
+    python -m training.shape_bias --protocol fig1.alexnet.topk.5,fig1.alexnet.topk.10   # published levels
 
 One level of ``topk`` gives one run; several give a sweep: a parent run (param ``sweep=true``, the
 curve plot and a summary CSV) with one nested child run per level. Every evaluated level logs
@@ -9,7 +10,8 @@ curve plot and a summary CSV) with one nested child run per level. Every evaluat
 (model-vs-human's rules, :mod:`shapebias.metrics.shape_bias`), the decisions as a
 model-vs-human result CSV and the two plots. ``weights=random`` runs are tagged
 ``shapebias.weights=random`` and named ``RANDOM-WEIGHTS ...``: they time the pipeline, they are
-not results.
+not results. ``--protocol`` names the published levels (``shapebias protocols fig1``) and sets
+their settings; each level's run is tagged with its own protocol and whether it is on it.
 """
 
 from __future__ import annotations
