@@ -1,7 +1,9 @@
 """The ``shapebias`` command: one entry point that dispatches to the jobs and tools.
 
-Each subcommand lives in its own module and exposes ``main(argv) -> int``; this file only maps
-names to modules, so it stays readable and imports nothing heavy until a command runs.
+The jobs come from the task registry (:mod:`shapebias.tasks`; ``shapebias train-resnet`` runs the
+MLproject entry point ``train_resnet``), the tools from :data:`TOOLS`. Each subcommand's module
+exposes ``main(argv) -> int``; this file imports nothing heavy until a command runs, so that
+``shapebias --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -9,21 +11,23 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    "train-resnet": ("training.train_resnet", "train ResNet-18 with Top-K sparsity (Ray Train + MLflow)"),
-    "shape-bias": ("training.shape_bias", "score AlexNet/VGG-16 with Top-K at inference on cue-conflict"),
-    "train-fastgan": ("training.train_fastgan", "train FastGAN with Top-K, scored by FID"),
-    "texture-synthesis": ("training.texture_synthesis", "texture synthesis / feature inversion with Top-K masks"),
-    "compare": ("training.compare", "build the reproduction tables from MLflow runs"),
-    "reproduce": ("training.reproduce", "launch the runs a table is missing"),
+from shapebias import __version__
+from shapebias.tasks import TASKS
+
+TOOLS: dict[str, tuple[str, str]] = {
     "protocols": ("shapebias.protocols.listing", "list the published experiments (protocols) and their settings"),
     "data": ("shapebias.data.fetch", "list, download and check the public data sets (cue-conflict)"),
     "submit": ("shapebias.cluster", "submit a job to Kubernetes as a KubeRay RayJob"),
 }
 
+COMMANDS: dict[str, tuple[str, str]] = {
+    **{t.command: (t.module, t.description) for t in TASKS.values()},
+    **TOOLS,
+}
+
 
 def usage() -> str:
-    lines = ["usage: shapebias COMMAND [ARGS...]", "", "commands:"]
+    lines = ["usage: shapebias [--version] COMMAND [ARGS...]", "", "commands:"]
     width = max(map(len, COMMANDS))
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`shapebias COMMAND --help` describes a command's arguments."]
@@ -34,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"shapebias {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

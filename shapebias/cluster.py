@@ -36,10 +36,11 @@ from pathlib import Path
 
 import yaml
 
+from shapebias import tasks
 from shapebias.errors import ConfigError, ShapebiasError
 from shapebias.settings import REPO_ROOT
 
-EXPERIMENTS = ("train_resnet", "train_fastgan", "shape_bias", "texture_synthesis", "compare")
+EXPERIMENTS = tasks.CLUSTER  # the tasks with a RayJob template (shapebias/tasks.py)
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
 RAYJOB_TAG = "shapebias.rayjob"
 STORAGE_ENV = "SHAPEBIAS_RAY_STORAGE"

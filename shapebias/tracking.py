@@ -39,11 +39,12 @@ import mlflow
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
+from shapebias import tasks
 from shapebias.errors import ShapebiasError
 from shapebias.settings import REPO_ROOT
 
 TASK_TAG = "shapebias.task"
-TASKS = ("train_resnet", "train_fastgan", "shape_bias", "texture_synthesis", "compare")
+TASKS = tasks.TRACKED  # the tasks that log an MLflow run (shapebias/tasks.py)
 ERROR_TAG = "shapebias.error"
 WEIGHTS_TAG = "shapebias.weights"  # "pretrained" or "random": random-weight runs never pass as real
 # A param that was already logged with another value (``mlflow run`` logs MLproject's parameters

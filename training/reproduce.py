@@ -31,7 +31,7 @@ import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 
-from shapebias import protocols, settings
+from shapebias import protocols, settings, tasks
 from shapebias.report import runs as report_runs
 from shapebias.report.runs import Run
 from shapebias.report.tables import TABLE2A_DATASETS, TABLE2B_DATASETS
@@ -40,7 +40,7 @@ from shapebias.tracking import cli_main
 
 TABLES = ("table1", "table2", "shape_bias")
 SHAPE_BIAS_LEVELS = ("0.05", "0.1", "0.2", "0.3", "0.4", "0.5")
-RESUMABLE = ("train_resnet", "train_fastgan")
+RESUMABLE = tasks.RESUMABLE
 SCALES: dict[str, dict[str, dict[str, object]]] = {  # settings that --scale changes, per task
     "full": {},
     "smoke": {"train_resnet": {"dataset": "synthetic", "epochs": 1, "synthetic_classes": 10, "synthetic_train_per_class": 20,
@@ -215,7 +215,7 @@ def jobs_for(todo: Sequence[Status], job_args: Sequence[str] = (), data_root: st
         resume = st.run_id if st.state == "unfinished" and c.task in RESUMABLE else ""
         if c.task == "train_resnet":
             args = ["--protocol", c.protocol, *protocols.flags(p), "--seed", c.seed]
-            jobs.append(Job("training.train_resnet", args + list(job_args), [c], resume))
+            jobs.append(Job(tasks.TASKS["train_resnet"].module, args + list(job_args), [c], resume))
         elif c.task == "train_fastgan":
             try:
                 folder = few_shot_folder(p["dataset"], data_root)
@@ -227,7 +227,7 @@ def jobs_for(todo: Sequence[Status], job_args: Sequence[str] = (), data_root: st
                     "--noise-injection", p["noise_injection"], "--seed", c.seed]
             if p["topk"]:
                 args += ["--topk", p["topk"]]
-            jobs.append(Job("training.train_fastgan", args + list(job_args), [c], resume))
+            jobs.append(Job(tasks.TASKS["train_fastgan"].module, args + list(job_args), [c], resume))
         else:
             sweeps.setdefault((p["model"], p["sparsity"]), []).append(c)
     for cells in sweeps.values():
@@ -235,7 +235,7 @@ def jobs_for(todo: Sequence[Status], job_args: Sequence[str] = (), data_root: st
         if values["sparsity"] != "none":
             values["topk"] = ",".join(dict(c.params)["topk"] for c in cells)
         args = ["--protocol", ",".join(c.protocol for c in cells), *protocols.flags(values)]
-        jobs.append(Job("training.shape_bias", args + list(job_args), cells))
+        jobs.append(Job(tasks.TASKS["shape_bias"].module, args + list(job_args), cells))
     return jobs
 
 
