@@ -1,10 +1,54 @@
-"""Ray plumbing shared by the training jobs: starting or joining Ray, and where checkpoints go."""
+"""Ray plumbing shared by the training jobs: starting or joining Ray, where checkpoints go, and
+what a run prints.
+
+A local run starts Ray without its dashboard (about 1 GB of helper processes). What Ray and Ray
+Train print is cut to what a user reads: Ray Train's own messages at WARNING and above
+(``ray.train.LoggingConfig``; its log files under ``/tmp/ray/session_*/logs/train`` keep every
+level), one line per ``print`` of a worker, and a progress bar drawn by the driver.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+# What a local run does not need to hear, by logger and the lowest level shown. Requests to the
+# autoscaling coordinator (a local cluster has no autoscaler) time out on a busy machine with a
+# traceback. Ray Train's per-report message ("Reporting training result N: TrainingReport(...)")
+# comes from a logger named after its file, outside ``ray.train``, where ``LoggingConfig`` does not
+# reach. Filters, not levels: Ray Train's logging set-up resets the levels of its loggers.
+_LOCAL_QUIET = {
+    "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client": logging.ERROR,
+    "{ray}/train/v2/_internal/execution/context.py": logging.WARNING,
+}
+
+LOCAL_ENV = {
+    # Preemption (a node being drained) does not happen to a cluster the job started itself.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+PROGRESS_ENV = "SHAPEBIAS_PROGRESS_BARS"
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def _worker_env() -> dict[str, str]:
+    return {
+        # Ray Train copies a worker's print() into its logger as well: every line would appear twice.
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+        # Bars are drawn where someone watches, not into log files.
+        PROGRESS_ENV: "1" if sys.stderr.isatty() else "0",
+    }
+
+
+def _quiet_local_cluster() -> None:
+    """``worker_process_setup_hook`` of a local run: every Ray process of the job runs it."""
+    import ray
+
+    for name, level in _LOCAL_QUIET.items():
+        logger = logging.getLogger(name.format(ray=os.path.dirname(ray.__file__)))
+        logger.addFilter(lambda record, level=level: record.levelno >= level)
 
 
 def init_ray(env_vars: dict[str, str]) -> None:
@@ -19,17 +63,51 @@ def init_ray(env_vars: dict[str, str]) -> None:
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init()  # the trainers pass env_vars to their workers themselves (worker_runtime_env)
+        ray.init(logging_level=logging.WARNING)  # the trainers pass env_vars to their workers themselves
         return
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI colour codes in logs
+    # The workers import the jobs from the checkout, wherever the driver was started.
+    pythonpath = os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")]))
+    runtime_env = {
+        "env_vars": {**LOCAL_ENV, "PYTHONPATH": pythonpath, **env_vars},
+        "worker_process_setup_hook": _quiet_local_cluster,
+    }
     for attempt in range(3):
         try:
-            ray.init(runtime_env={"env_vars": env_vars}, include_dashboard=False, log_to_driver=True)
+            ray.init(runtime_env=runtime_env, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
             return
         except Exception as exc:
             if "timed out during startup" not in str(exc) or attempt == 2:
                 raise
             print(f"Ray did not start in time ({exc}); retrying", file=sys.stderr)
             ray.shutdown()
+
+
+def progress(iterable: Iterable, desc: str, enabled: bool = True) -> Iterable:
+    """A progress bar over ``iterable``: drawn by the Ray driver when this runs in a Ray worker
+    (``ray.experimental.tqdm_ray``), else a plain tqdm bar on stderr that disappears when done."""
+    if not enabled:
+        return iterable
+    import ray
+
+    if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
+        return _ray_progress(iterable, desc) if os.environ.get(PROGRESS_ENV) != "0" else iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, mininterval=2.0, file=sys.stderr, disable=None)  # None: off unless a terminal
+
+
+def _ray_progress(iterable: Iterable, desc: str) -> Iterator:
+    from ray.experimental.tqdm_ray import tqdm as ray_tqdm
+
+    bar = ray_tqdm(desc=desc, total=len(iterable) if hasattr(iterable, "__len__") else None, unit="batch")
+    try:
+        for item in iterable:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()  # tqdm_ray's own iterator never closes its bar
 
 
 def storage_location(value: str) -> str:
@@ -43,6 +121,26 @@ def storage_location(value: str) -> str:
     return str(Path(value or Path.cwd() / ".ray_results").resolve())
 
 
+def _trainer_class(local: bool):
+    """``TorchTrainer``; on a cluster the job started itself, without Ray Train's placement-group
+    cleaner. The cleaner (a detached actor) asks the State API once a second whether the
+    controller is alive, to remove its placement group should it die. The State API is served by
+    the dashboard, which a local run does not start (about 1 GB of processes): every query fails
+    with a warning, so it could never clean anything, and the cluster ends with the job anyway.
+    """
+    from ray.train.torch import TorchTrainer
+
+    if not local:
+        return TorchTrainer
+
+    class LocalTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            return [cb for cb in callbacks if type(cb).__name__ != "PlacementGroupCleanerCallback"]
+
+    return LocalTorchTrainer
+
+
 def make_trainer(train_loop, loop_config: dict, *, run_id: str, storage_path: str, num_workers: int,
                  env_vars: dict[str, str]):
     """The TorchTrainer of one job, and a description of where it runs (for the run's tags).
@@ -53,14 +151,12 @@ def make_trainer(train_loop, loop_config: dict, *, run_id: str, storage_path: st
     given ``cpus // num_workers`` instead, passed on as ``loop_config["threads"]``.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) >= num_workers
     local_cpu = not use_gpu and not os.environ.get("RAY_ADDRESS")
     threads = max(1, int(resources.get("CPU", 1)) // num_workers) if local_cpu else 1
-    trainer = TorchTrainer(
+    trainer = _trainer_class(local=not os.environ.get("RAY_ADDRESS"))(
         train_loop,
         train_loop_config={**loop_config, "threads": threads},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": threads}),
@@ -69,7 +165,8 @@ def make_trainer(train_loop, loop_config: dict, *, run_id: str, storage_path: st
             storage_path=storage_location(storage_path),
             failure_config=FailureConfig(max_failures=int(os.environ.get("SHAPEBIAS_MAX_FAILURES", "0") or 0)),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            worker_runtime_env={"env_vars": env_vars},
+            worker_runtime_env={"env_vars": {**_worker_env(), **env_vars}},
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
     device = f"{'cuda' if use_gpu else 'cpu'} x{num_workers} ray worker{'s' if num_workers > 1 else ''}"

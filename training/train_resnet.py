@@ -40,7 +40,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from shapebias import protocols
 from shapebias.errors import ConfigError, DataError, ShapebiasError, WeightsError, check_choice, check_fraction
@@ -48,6 +47,7 @@ from shapebias.metrics.shape_bias import shape_bias_score
 from shapebias.models.resnet import SPARSITY, SPECS, parse_layers, resnet18, sgd
 from training.cliargs import number as _number
 from training.cliargs import unquote as _unquote
+from training.raytools import progress as _progress
 
 TASK = "train_resnet"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -177,7 +177,7 @@ def train_epoch(
     """One pass over ``loader``; returns (mean loss, accuracy) over the samples seen here."""
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
-    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False, mininterval=2.0, file=sys.stderr):
+    for x, y in _progress(loader, desc=desc, enabled=progress):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
         loss = nn.functional.cross_entropy(logits, y)
