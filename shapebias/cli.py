@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}; known commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    if COMMANDS[name][0].startswith("training."):  # the jobs run from the checkout; only the library is installed
+        from shapebias.settings import REPO_ROOT
+
+        if str(REPO_ROOT) not in sys.path:
+            sys.path.insert(0, str(REPO_ROOT))
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 

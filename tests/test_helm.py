@@ -228,14 +228,14 @@ def test_missing_required_values_fail_with_a_message(sets, message):
 
 
 def test_images_match_the_project():
-    """The chart's image tags follow the chart's appVersion; the Dockerfile's pins follow requirements.txt."""
+    """The chart's image tags follow the chart's appVersion; the Dockerfile's pins follow constraints.txt."""
     chart = yaml.safe_load((devtools.CHART_DIR / "Chart.yaml").read_text())
     values = yaml.safe_load((devtools.CHART_DIR / "values.yaml").read_text())
     assert values["image"]["training"]["tag"] == chart["appVersion"]
     assert values["image"]["server"]["tag"] == f"{chart['appVersion']}-server"
     dockerfile = (devtools.REPO_ROOT / "platform" / "Dockerfile").read_text()
     pins = dict(
-        line.split("==") for line in (devtools.REPO_ROOT / "requirements.txt").read_text().splitlines()
+        line.split("==") for line in (devtools.REPO_ROOT / "constraints.txt").read_text().splitlines()
         if "==" in line and not line.startswith("#")
     )
     for pkg, text in (("mlflow", "mlflow[auth]=="), ("psycopg2-binary", "psycopg2-binary=="), ("boto3", "boto3==")):
