@@ -1,58 +1,65 @@
 # Everything goes through the virtual environment at .venv (created or reused on demand).
-#   make run    the main job on the embedded default (SQLite MLflow store, local Ray, synthetic data)
-#   make test   the whole test suite
+# `make help` lists the targets (from the `## ` comments below).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test stack-test stack-up stack-down stack-status tools bench gpu-check manifests chart-docs clean
+.PHONY: help setup run test lint stack-test stack-up stack-down stack-status tools bench gpu-check manifests chart-docs clean
 
-$(STAMP): pyproject.toml requirements.txt requirements-dev.txt
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+# The project with every extra, at the exact versions of constraints.txt.
+$(STAMP): pyproject.toml constraints.txt requirements.txt requirements-cluster.txt requirements-server.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip
-	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,cluster,server]"
 	touch $@
 
-setup: $(STAMP)
+setup: $(STAMP) ## create or update .venv (pinned by constraints.txt)
 
-tools: setup
+lint: setup ## ruff (lint and format check) and mypy on the library
+	$(BIN)/ruff check shapebias training benchmarks tools tests
+	$(BIN)/ruff format --check shapebias training benchmarks tools tests
+	$(BIN)/mypy shapebias
+
+tools: setup ## fetch helm and kubectl into .tools/bin
 	$(BIN)/python -m tools.devtools fetch-helm
 
-run: setup
+run: setup ## the main job on the embedded default (SQLite MLflow store, local Ray, synthetic data)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run . -e train_resnet -P sparsity=topk --env-manager local
 
 # The stack tests run in a process of their own: the stack (a session fixture) sets the
 # client environment of the whole process while it runs.
-test: setup tools
+test: setup tools ## the whole test suite
 	$(BIN)/python -m pytest tests --ignore=tests/stack
 	$(BIN)/python -m pytest tests/stack -m stack
 
-stack-test: setup
+stack-test: setup ## the local platform stack's tests
 	$(BIN)/python -m pytest tests/stack -m stack
 
-stack-up: setup
+stack-up: setup ## start the local platform stack
 	$(BIN)/python platform/local/stack.py up
 
-stack-down:
+stack-down: ## stop the local platform stack
 	$(BIN)/python platform/local/stack.py down
 
-stack-status:
+stack-status: ## show the local platform stack
 	$(BIN)/python platform/local/stack.py status
 
-bench: setup
+bench: setup ## the benchmarks
 	$(BIN)/python -m benchmarks
 
-gpu-check: setup
+gpu-check: setup ## the GPU check: Top-K and ResNet-18 steps on CUDA, one table
 	$(BIN)/python -m benchmarks.gpu_check
 
 # manifests/ and the chart's README.md are generated from deploy/helm/shapebias (repository tooling in tools/).
-manifests: tools
+manifests: tools ## regenerate manifests/ from the chart
 	$(BIN)/python -m tools.devtools render-manifests
 
-chart-docs: setup
+chart-docs: setup ## regenerate the chart's README.md from its values
 	$(BIN)/python -m tools.devtools chart-docs
 
-clean:
+clean: ## remove local run outputs
 	rm -rf .pytest_cache mlruns .ray_results
