@@ -9,6 +9,7 @@ level), one line per ``print`` of a worker, and a progress bar drawn by the driv
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -108,6 +109,18 @@ def _ray_progress(iterable: Iterable, desc: str) -> Iterator:
             bar.update(1)
     finally:
         bar.close()  # tqdm_ray's own iterator never closes its bar
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Show only records of ``level`` and above from logger ``name`` while the block runs."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def storage_location(value: str) -> str:

@@ -362,7 +362,7 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
     import mlflow
 
     from shapebias import tracking
-    from training.raytools import init_ray, make_trainer, storage_location
+    from training.raytools import init_ray, make_trainer, quiet_logger, storage_location
 
     params = dataclasses.asdict(cfg)
     new_run = run_id is None and not os.environ.get("MLFLOW_RUN_ID")
@@ -409,12 +409,13 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
         model = build_model(cfg, state["num_classes"])
         model.load_state_dict(state["model"])
         model.eval()
-        mlflow.pytorch.log_model(
-            model,
-            name="model",
-            serialization_format="pickle",  # the whole module (needs `shapebias` importable to load)
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-        )
+        with quiet_logger("mlflow.pytorch"):  # its warning that pickle is not the safe format: chosen here
+            mlflow.pytorch.log_model(
+                model,
+                name="model",
+                serialization_format="pickle",  # the whole module (needs `shapebias` importable to load)
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+            )
         mlflow.log_metrics(best_epoch_metrics(mlflow.MlflowClient(), run_id))
         metrics = mlflow.get_run(run_id).data.metrics
     print(f"\nrun {run_id} finished ({cfg.run_name()}); {claim.describe()}")
