@@ -18,11 +18,12 @@ def test_a_run_prints_a_short_log(tmp_path):
     """A one-epoch job, started as a user starts it (a new process, output to a pipe, not a terminal)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
     env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", PYTHONPATH=str(REPO))
-    tiny = ["--epochs", "1", "--synthetic-classes", "3", "--synthetic-train-per-class", "6",
-            "--synthetic-test-per-class", "4", "--image-size", "16", "--batch-size", "6",
-            "--storage-path", str(tmp_path / "ray")]
-    proc = subprocess.run([sys.executable, "-m", "training.train_resnet", *tiny], cwd=tmp_path, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    tiny = "--epochs 1 --synthetic-classes 3 --synthetic-train-per-class 6 --synthetic-test-per-class 4"
+    tiny += f" --image-size 16 --batch-size 6 --storage-path {tmp_path / 'ray'}"
+    command = [sys.executable, "-m", "training.train_resnet", *tiny.split()]
+    proc = subprocess.run(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
+    )
     out = proc.stdout
     lines = out.rstrip("\n").split("\n")
     assert proc.returncode == 0, out
@@ -33,5 +34,5 @@ def test_a_run_prints_a_short_log(tmp_path):
     assert len(epochs) == 1, out
     (summary,) = [i for i, line in enumerate(lines) if re.match(r"run [0-9a-f]{32} finished", line)]
     assert summary > epochs[0]
-    assert all(line.startswith("  ") for line in lines[summary + 1:]), out  # nothing after the summary
+    assert all(line.startswith("  ") for line in lines[summary + 1 :]), out  # nothing after the summary
     assert len(lines) <= 25, f"{len(lines)} lines:\n{out}"

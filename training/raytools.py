@@ -76,7 +76,9 @@ def init_ray(env_vars: dict[str, str]) -> None:
     }
     for attempt in range(3):
         try:
-            ray.init(runtime_env=runtime_env, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+            ray.init(
+                runtime_env=runtime_env, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING
+            )
             return
         except Exception as exc:
             if "timed out during startup" not in str(exc) or attempt == 2:
@@ -96,7 +98,8 @@ def progress(iterable: Iterable, desc: str, enabled: bool = True) -> Iterable:
         return _ray_progress(iterable, desc) if os.environ.get(PROGRESS_ENV) != "0" else iterable
     from tqdm import tqdm
 
-    return tqdm(iterable, desc=desc, leave=False, mininterval=2.0, file=sys.stderr, disable=None)  # None: off unless a terminal
+    # disable=None: no bar unless stderr is a terminal
+    return tqdm(iterable, desc=desc, leave=False, mininterval=2.0, file=sys.stderr, disable=None)
 
 
 def _ray_progress(iterable: Iterable, desc: str) -> Iterator:
@@ -165,6 +168,7 @@ def make_trainer(train_loop, loop_config: dict, *, run_id: str, storage_path: st
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) >= num_workers
     local_cpu = not use_gpu and not os.environ.get("RAY_ADDRESS")
