@@ -121,7 +121,9 @@ class Config:
         p["dataset"] = self.dataset
         p["nz"] = fg.NZ
         p["augment"] = fg.AUGMENT
-        p["fid_every"] = self.fid_interval() if self.fid_protocol in PROTOCOL_NAMES else self.fid_every
+        if self.fid_protocol in PROTOCOL_NAMES:  # what runs: the protocol's interval and count unless set
+            p["fid_every"] = self.fid_interval()
+            p["fid_samples"] = self.fid_samples or PROTOCOLS[self.fid_protocol].n_samples
         p["recon_reduction"] = "sum"
         p["fid_sampling"] = "batchnorm-train"
         return p
