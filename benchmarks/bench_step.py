@@ -100,7 +100,7 @@ def run(quick: bool, repeats: int, devices: list[str], image_size: int, batch: i
                         model = torch.compile(model)
                     steps[variant] = make_step(model, spec, x, y, device, "bf16" in flags)
                 label = f"ResNet-18 step, {device}, {opt_name}, {batch}x3x{image_size}^2 /{stem_stride}"
-                timed = interleaved(steps, repeats, label=label, sub_label=spec, warmup=2 if "compile" in flags else 1)
+                timed, _ = interleaved(steps, repeats, label=label, sub_label=spec, warmup=2 if "compile" in flags else 1)
                 measurements.extend(timed.values())
                 times = {name: seconds(m) for name, m in timed.items()}
                 base = med(times["dense"])

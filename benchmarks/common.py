@@ -6,6 +6,7 @@ import os
 import platform
 import statistics
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,26 +18,43 @@ from torch.utils import benchmark
 
 def interleaved(
     fns: dict[str, Callable[[], Any]], repeats: int, label: str = "", sub_label: str = "", warmup: int = 1,
-) -> dict[str, benchmark.Measurement]:
+) -> tuple[dict[str, benchmark.Measurement], dict[str, list[float]]]:
     """Time every function ``repeats`` times, interleaved (A B C A B C ...) so that load from other
     processes drifts over all variants alike: one :class:`torch.utils.benchmark.Timer` per function,
     each round one ``blocked_autorange(min_run_time=0)`` per function (one untimed call, then one
     timed call; CUDA is synchronised around it), merged into one Measurement per function.
-    ``warmup`` untimed calls of each function come first."""
+    ``warmup`` untimed calls of each function come first.
+
+    Returns the Measurements (wall-clock) and, per function, the process CPU time of each timed
+    call in seconds (all threads, page faults included; waiting for a core not), which a busy
+    machine disturbs less than the wall clock."""
     threads = torch.get_num_threads()
+    cpu_marks: dict[str, list[float]] = {name: [] for name in fns}
+
+    def clock(marks: list[float]) -> Callable[[], float]:
+        def now() -> float:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            marks.append(time.process_time())
+            return time.perf_counter()
+
+        return now
+
     timers = {
         name: benchmark.Timer("fn()", globals={"fn": fn}, label=label, sub_label=sub_label, description=name,
-                              num_threads=threads)
+                              num_threads=threads, timer=clock(cpu_marks[name]))
         for name, fn in fns.items()
     }
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     runs: dict[str, list[benchmark.Measurement]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, timer in timers.items():
             runs[name].append(timer.blocked_autorange(min_run_time=0))
-    return {name: benchmark.Measurement.merge(ms)[0] for name, ms in runs.items()}
+            cpu[name].append(cpu_marks[name][-1] - cpu_marks[name][-2])  # the timed call's start and end
+    return {name: benchmark.Measurement.merge(ms)[0] for name, ms in runs.items()}, cpu
 
 
 def seconds(m: benchmark.Measurement) -> list[float]:

@@ -12,7 +12,7 @@ from shapebias import sparsity
 
 def test_topk_case_row():
     row = bench_topk.bench_case((2, 4, 8, 8), 0.2, "topk", repeats=2)
-    for key in ("relu_ms", "direct_ms", "fast_ms", "fast_over_relu", "speedup_vs_direct"):
+    for key in ("relu_ms", "direct_ms", "fast_ms", "fast_over_relu", "speedup_vs_direct", "fast_over_relu_cpu"):
         assert row[key] > 0
     assert len(row["fast_all_ms"]) == 2
     assert row["backend"] in ("cpu", "torch")
@@ -80,7 +80,8 @@ def test_tree_memory_counts_child_processes():
 
 def test_interleaved_measurements():
     calls = []
-    ms = common.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=0)
+    ms, cpu = common.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=0)
     assert [len(common.seconds(m)) for m in ms.values()] == [3, 3]
+    assert [len(c) for c in cpu.values()] == [3, 3] and all(t >= 0 for c in cpu.values() for t in c)
     assert "".join(calls) == "aabb" * 3  # per round: each function's untimed call, then its timed call
     assert "a" in common.compare_table(list(ms.values()))
