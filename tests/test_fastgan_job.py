@@ -89,7 +89,7 @@ def test_numbers_as_mlflow_passes_them(tmp_path):
     args = train_fastgan.parser().parse_args(_args(tmp_path, tmp_path, **{"im-size": "64.0", "iterations": "20.0", "topk": "0.15"}))
     cfg = train_fastgan.config_from_args(args).validate()
     assert (cfg.im_size, cfg.iterations, cfg.topk, cfg.noise_injection) == (64, 20, 0.15, True)
-    assert cfg.dataset == tmp_path.name and cfg.params()["noise_injection"] == "true"
+    assert cfg.set_name() == tmp_path.name and cfg.params()["noise_injection"] == "true"
 
 
 @pytest.mark.slow

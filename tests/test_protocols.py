@@ -16,9 +16,9 @@ from shapebias.models.resnet import SPECS, resnet18
 from shapebias.protocols import listing
 from shapebias.protocols.tasks import TASKS
 from shapebias.settings import REPO_ROOT
-from training import shape_bias, train_resnet
+from training import shape_bias, train_fastgan, train_resnet
 
-CONFIGS = {"train_resnet": train_resnet.Config, "shape_bias": shape_bias.Config}
+CONFIGS = {"train_resnet": train_resnet.Config, "shape_bias": shape_bias.Config, "train_fastgan": train_fastgan.Config}
 TABLE1 = "table1.code.topk.IN-S1"
 
 

@@ -168,8 +168,17 @@ def test_ray_launch_skips_jobs_still_running(mlflow_store, monkeypatch, capsys):
 def test_table2_grid_and_bad_input(mlflow_store, tmp_path, capsys):
     cells = reproduce.grid("table2", datasets=["IN-S1-C5"])
     jobs = reproduce.jobs_for(reproduce.status(cells, []), data_root=str(tmp_path))
-    assert [j.args for j in jobs][-1] == ["--data-dir", str(tmp_path / "IN-S1-C5"), "--sparsity", "topk",
-                                          "--noise-injection", "true", "--seed", "0", "--topk", "0.15"]
+    args = jobs[-1].args
+    assert args[:2] == ["--protocol", "table2.IN-S1-C5.topk15-noise"]
+    assert args[-4:] == ["--data-dir", str(tmp_path / "IN-S1-C5"), "--seed", "0"]
+    spelled = dict(zip(args[2:-4:2], args[3:-4:2]))
+    assert spelled == {"--dataset": "IN-S1-C5", "--sparsity": "topk", "--topk": "0.15", "--noise-injection": "true",
+                       "--im-size": "256", "--iterations": "100000", "--batch-size": "8", "--width": "64",
+                       "--lr": "0.0002", "--ema-decay": "0.999", "--recon-loss": "lpips", "--fid-protocol": "authors",
+                       "--fid-every": "1000", "--fid-samples": "3000", "--fid-dims": "2048",
+                       "--rollback-patience": "10", "--perturb-g": "0.0001", "--perturb-d": "0"}
+    table = [c.params for c in reproduce.grid("table2", datasets=["table"])]
+    assert [dict(p).get("topk") for p in table] == [None, "0.15", "0.15"]  # the authors' script: 32_15
     assert reproduce.main(["table9", "--dry-run"]) == 2
     assert "table='table9' is not accepted" in capsys.readouterr().err
     assert reproduce.main(["table1", "--where", "somewhere"]) == 2

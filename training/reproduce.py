@@ -10,7 +10,7 @@ it has the seed and the table's metrics; random-weight runs never count. Every j
 with ``--protocol NAME`` and every setting of the protocol spelled out. ``--scale smoke``
 launches the same cells as cheap pipeline checks (synthetic data, one epoch; 16 cue-conflict
 images): those runs are off-protocol, count only for ``--scale smoke`` and are never compared
-with published values. Table 2 has no protocols yet: its cells are matched on their parameters.
+with published values. Table 2's FastGAN jobs also get ``--data-dir`` (``--data-root``/NAME).
 
 Everything not done is launched: locally one job after another (``python -m training.<job>``),
 or on a Ray cluster through the Ray Jobs API. A run that exists but did not finish (FAILED,
@@ -34,11 +34,11 @@ from collections.abc import Iterable, Sequence
 from shapebias import protocols, settings, tasks
 from shapebias.report import runs as report_runs
 from shapebias.report.runs import Run
-from shapebias.report.tables import TABLE2A_DATASETS, TABLE2B_DATASETS
 from shapebias.errors import ConfigError, DataError, check_choice
 from shapebias.tracking import cli_main
 
 TABLES = ("table1", "table2", "shape_bias")
+DEFAULT_SEEDS = {"table1": ("0", "1", "2"), "table2": ("0",)}  # the prior reproduction's runs per cell
 SHAPE_BIAS_LEVELS = ("0.05", "0.1", "0.2", "0.3", "0.4", "0.5")
 RESUMABLE = tasks.RESUMABLE
 SCALES: dict[str, dict[str, dict[str, object]]] = {  # settings that --scale changes, per task
@@ -96,10 +96,8 @@ def grid(table: str, seeds: Sequence[str] | None = None, datasets: Sequence[str]
     n = report_runs.canonical_value
     check_choice("table", table, TABLES)
     check_choice("scale", scale, tuple(SCALES))
-    if table == "table2":
-        return _table2_grid(seeds, datasets)
     chosen = protocols.for_table(table)
-    if table == "table1" and datasets:
+    if table in ("table1", "table2") and datasets:
         chosen = _narrow(chosen, "dataset", "datasets", datasets)
     if table == "shape_bias" and levels:
         chosen = [p for p in chosen if p.values()["sparsity"] == "none"] + _narrow(
@@ -108,7 +106,7 @@ def grid(table: str, seeds: Sequence[str] | None = None, datasets: Sequence[str]
     for p in chosen:
         values = {**p.values(), **{k: protocols.canonical(v) for k, v in SCALES[scale].get(p.task, {}).items()}}
         params = tuple(values.items())
-        for seed in ("",) if p.task == "shape_bias" else (seeds or ("0", "1", "2")):
+        for seed in ("",) if p.task == "shape_bias" else (seeds or DEFAULT_SEEDS[table]):
             cells.append(Cell(table, p.task, params, n(seed) if seed else "", p.name))
     return cells
 
@@ -122,40 +120,12 @@ def _narrow(chosen: list[protocols.Protocol], key: str, option: str, wanted: Seq
     return [p for p in chosen if p.values()[key] in wanted]
 
 
-def _table2_grid(seeds: Sequence[str] | None, datasets: Sequence[str] | None) -> list[Cell]:
-    n, table, cells = report_runs.canonical_value, "table2", []
-    settings_a = [("none", "", "false"), ("topk", "0.05", "false"), ("topk", "0.05", "true")]
-    settings_b = [("none", "", "false"), ("topk", "0.05", "false"), ("topk", "0.15", "false"),
-                  ("topk", "0.15", "true")]
-    for ds in datasets or (*TABLE2A_DATASETS, *TABLE2B_DATASETS):
-        for sparsity, topk, noise in settings_b if ds in TABLE2B_DATASETS else settings_a:
-            for seed in seeds or ("0",):
-                cells.append(Cell(table, "train_fastgan", (("dataset", ds), ("sparsity", sparsity),
-                                                           ("topk", topk), ("noise_injection", noise)), n(seed)))
-    return cells
-
-
-def cell_of(run: Run, table: str) -> tuple[tuple[tuple[str, str], ...], str] | None:
-    """Table 2 (no protocols yet): the (params, seed) of a run in the terms of :func:`grid`."""
-    if run.task != report_runs.SPEC_OF_TABLE["table2"].task:
-        return None
-    p = {k: report_runs.canonical_value(v) for k, v in run.params.items()}
-    p["dataset"] = report_runs.dataset_of(run.params)
-    p["noise_injection"] = p.get("noise_injection", "false")
-    if p.get("sparsity") == "none":
-        p["topk"] = ""
-    names = ("dataset", "sparsity", "topk", "noise_injection")
-    return tuple((k, p.get(k, "")) for k in names), p.get("seed", "")
-
-
 def place_of(run: Run, table: str, scale: str) -> tuple | None:
     """Where a run stands in a table's grid: (protocol or params, seed), or None when it counts for no cell.
 
     A run counts for the cell of the protocol it claims when its settings equal that protocol's
     (at ``scale``: the smoke settings); a shape-bias run has no seed.
     """
-    if table == "table2":
-        return cell_of(run, table)
     claimed = protocols.claim_of(run.tags, run.params)
     p = protocols.REGISTRY.get(claimed)
     if p is None or p.table != table or run.task != p.task:
@@ -223,10 +193,7 @@ def jobs_for(todo: Sequence[Status], job_args: Sequence[str] = (), data_root: st
                 if strict:
                     raise
                 folder = f"<no folder for {p['dataset']}: pass --data-root>"
-            args = ["--data-dir", folder, "--sparsity", p["sparsity"],
-                    "--noise-injection", p["noise_injection"], "--seed", c.seed]
-            if p["topk"]:
-                args += ["--topk", p["topk"]]
+            args = ["--protocol", c.protocol, *protocols.flags(p), "--data-dir", folder, "--seed", c.seed]
             jobs.append(Job(tasks.TASKS["train_fastgan"].module, args + list(job_args), [c], resume))
         else:
             sweeps.setdefault((p["model"], p["sparsity"]), []).append(c)

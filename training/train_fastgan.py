@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from shapebias import protocols
 from shapebias.errors import ConfigError, ShapebiasError, check_choice, check_fraction
 from shapebias.metrics.fid import PROTOCOLS
 from shapebias.models import fastgan as fg
@@ -49,9 +50,10 @@ PROTOCOL_NAMES = tuple(PROTOCOLS)
 
 @dataclasses.dataclass
 class Config:
-    """The whole configuration of a run (logged flat as MLflow params, plus ``dataset``)."""
+    """The whole configuration of a run (logged flat as MLflow params)."""
 
     data_dir: str = ""
+    dataset: str = ""  # the few-shot set's name (default: the folder name of data_dir)
     im_size: int = 256
     iterations: int = 100000
     batch_size: int = 8
@@ -73,9 +75,12 @@ class Config:
     perturb_d: float = 0.0
     checkpoint_every: int = 1000
     storage_path: str = ""
+    protocol: str = ""  # the published experiment this run repeats (shapebias.protocols), "" for none
 
-    @property
-    def dataset(self) -> str:
+    def set_name(self) -> str:
+        """The few-shot set's name: ``dataset``, else the folder name of ``data_dir``."""
+        if str(self.dataset).strip():
+            return str(self.dataset).strip()
         return Path(self.data_dir.rstrip("/")).name if self.data_dir.strip() else ""
 
     def fid_interval(self) -> int:
@@ -91,6 +96,8 @@ class Config:
             value = getattr(self, f.name)
             if f.type in ("int", "float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ConfigError(f"{f.name}={value!r} is not a number")
+        if self.protocol:
+            protocols.get(self.protocol, TASK)
         self.im_size = fg.check_im_size(self.im_size)
         check_choice("sparsity", self.sparsity, fg.SPARSITY)
         self.topk = check_fraction("topk", self.topk)
@@ -118,7 +125,7 @@ class Config:
     def params(self) -> dict[str, Any]:
         p = dataclasses.asdict(self)
         p["noise_injection"] = "true" if self.noise_injection else "false"
-        p["dataset"] = self.dataset
+        p["dataset"] = self.set_name()
         p["nz"] = fg.NZ
         p["augment"] = fg.AUGMENT
         if self.fid_protocol in PROTOCOL_NAMES:  # what runs: the protocol's interval and count unless set
@@ -131,7 +138,7 @@ class Config:
     def run_name(self) -> str:
         sparsity = "dense" if self.sparsity == "none" else f"{self.sparsity}{self.topk:g}"
         noise = "-noise" if self.noise_injection else ""
-        return f"fastgan{self.im_size}-{self.dataset or 'nodata'}-{sparsity}{noise}-s{self.seed}"
+        return f"fastgan{self.im_size}-{self.set_name() or 'nodata'}-{sparsity}{noise}-s{self.seed}"
 
 
 def parse_bool(name: str, value) -> bool:
@@ -176,7 +183,7 @@ def check_inputs(cfg: Config) -> dict[str, str]:
 
     cfg.validate()
     files = list_images(cfg.data_dir)
-    tags = {"shapebias.data_fingerprint": tracking.fingerprint_files(files, extra=cfg.dataset),
+    tags = {"shapebias.data_fingerprint": tracking.fingerprint_files(files, extra=cfg.set_name()),
             "shapebias.num_images": str(len(files)), "shapebias.recon_loss": cfg.recon_loss}
     fg.check_recon_loss(cfg.recon_loss)
     if cfg.fid_interval() > 0:
@@ -209,6 +216,9 @@ def run(cfg: Config, run_id: str | None = None) -> str:
     new_run = run_id is None and not os.environ.get("MLFLOW_RUN_ID")
     with tracking.tracked_run(TASK, params, run_id=run_id, run_name=cfg.run_name() if new_run else None) as active:
         run_id = active.info.run_id
+        claim = protocols.check(TASK, cfg.protocol, cfg.params())
+        mlflow.set_tags(protocols.run_tags(claim))
+        print(claim.describe(), file=sys.stderr)
         tags = check_inputs(cfg)
         fid_key = "fid" if tags.get("shapebias.fid_weights") in ("official", "none") else "fid_unverified"
         if fid_key != "fid":
@@ -238,7 +248,7 @@ def run(cfg: Config, run_id: str | None = None) -> str:
             state = torch.load(Path(d) / fastgan_worker.CHECKPOINT_FILE, map_location="cpu", weights_only=False)
         summary = log_final(cfg, state, fid_key)
         mlflow.set_tag("shapebias.checkpoint_dir", f"{storage}/{run_id}")
-    print(f"\nrun {run_id} finished ({cfg.run_name()}), {state['iteration']} iterations")
+    print(f"\nrun {run_id} finished ({cfg.run_name()}), {state['iteration']} iterations; {claim.describe()}")
     for key, value in summary.items():
         print(f"  {key:<20} {value:.4g}")
     print(f"  checkpoints          {storage}/{run_id}")
@@ -280,41 +290,64 @@ def log_final(cfg: Config, state: dict[str, Any], fid_key: str) -> dict[str, flo
 # ------------------------------------------------------------------------------------------ CLI
 
 
+FLAGS: tuple[tuple[str, Any, str], ...] = (  # (Config field, number type or None, help)
+    ("protocol", None, "a published experiment to repeat (`shapebias protocols` lists them): sets every setting below"),
+    ("data_dir", None, "a flat folder of images (e.g. a 100-image set)"),
+    ("dataset", None, "the few-shot set's name (default: the folder name)"),
+    ("im_size", int, "64 | 128 | 256 | 512 | 1024"),
+    ("iterations", int, "authors: 100000"),
+    ("batch_size", int, ""),
+    ("sparsity", None, " | ".join(fg.SPARSITY) + " (after the 32x32 feature map)"),
+    ("topk", float, "fraction kept, (0, 1]; authors: 0.05 (0.15 for table)"),
+    ("noise_injection", None, "true | false"),
+    ("recon_loss", None, "lpips (authors; needs VGG-16 weights) | l1 (substitute)"),
+    ("fid_every", int, "iterations between FIDs; -1 = the FID protocol's (standard 5000, authors 1000); 0 = no FID"),
+    ("fid_weights", None, "pytorch-fid Inception weights file (default: hub cache)"),
+    ("fid_protocol", None, "standard | authors"),
+    ("fid_samples", int, "0 = the FID protocol's count"),
+    ("fid_dims", int, "2048 (FID) | 768 | 192 | 64 (checks only)"),
+    ("seed", int, ""),
+    ("width", int, "channel width ngf = ndf (authors: 64)"),
+    ("lr", float, ""),
+    ("ema_decay", float, ""),
+    ("rollback_patience", int, "evaluations without a better FID before rolling back to the best (authors: 10); 0 = never"),
+    ("perturb_g", float, "G noise after a rollback (authors: 1e-4)"),
+    ("perturb_d", float, "D noise after a rollback (authors: 0)"),
+    ("checkpoint_every", int, ""),
+    ("storage_path", None, "Ray Train checkpoints (default ./.ray_results)"),
+)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train_fastgan", description=__doc__.split("\n\n")[0])
+    """Flags of the Config fields; a flag not given (or given empty) takes the protocol's value, else the default."""
+    p = argparse.ArgumentParser(prog="train_fastgan", description=__doc__.split("\n\n")[0],
+                                argument_default=argparse.SUPPRESS)
     d = Config()
-    p.add_argument("--data-dir", default=d.data_dir, help="a flat folder of images (e.g. a 100-image set)")
-    p.add_argument("--im-size", type=_number(int), default=d.im_size, help="64 | 128 | 256 | 512 | 1024")
-    p.add_argument("--iterations", type=_number(int), default=d.iterations, help="authors: 100000")
-    p.add_argument("--batch-size", type=_number(int), default=d.batch_size)
-    p.add_argument("--sparsity", default=d.sparsity, help=" | ".join(fg.SPARSITY) + " (after the 32x32 feature map)")
-    p.add_argument("--topk", type=_number(float), default=d.topk, help="fraction kept, (0, 1]; paper: 0.05 (0.15 table)")
-    p.add_argument("--noise-injection", default="false", help="true | false")
-    p.add_argument("--recon-loss", default=d.recon_loss, help="lpips (paper; needs VGG-16 weights) | l1 (substitute)")
-    p.add_argument("--fid-every", type=_number(int), default=d.fid_every,
-                   help="iterations between FIDs; -1 = the protocol's (standard 5000, authors 1000); 0 = no FID")
-    p.add_argument("--fid-weights", default=d.fid_weights, help="pytorch-fid Inception weights file (default: hub cache)")
-    p.add_argument("--fid-protocol", default=d.fid_protocol, help="standard | authors")
-    p.add_argument("--fid-samples", type=_number(int), default=d.fid_samples, help="0 = the protocol's count")
-    p.add_argument("--fid-dims", type=_number(int), default=d.fid_dims, help="2048 (FID) | 768 | 192 | 64 (checks only)")
-    p.add_argument("--seed", type=_number(int), default=d.seed)
-    p.add_argument("--width", type=_number(int), default=d.width, help="channel width ngf = ndf (paper: 64)")
-    p.add_argument("--lr", type=_number(float), default=d.lr)
-    p.add_argument("--rollback-patience", type=_number(int), default=d.rollback_patience,
-                   help="evaluations without a better FID before rolling back to the best (authors: 10); 0 = never")
-    p.add_argument("--perturb-g", type=_number(float), default=d.perturb_g, help="G noise after a rollback (authors: 1e-4)")
-    p.add_argument("--perturb-d", type=_number(float), default=d.perturb_d, help="D noise after a rollback (authors: 0)")
-    p.add_argument("--checkpoint-every", type=_number(int), default=d.checkpoint_every)
-    p.add_argument("--storage-path", default=d.storage_path, help="Ray Train checkpoints (default ./.ray_results)")
+    for name, kind, text in FLAGS:
+        default = f"default {getattr(d, name)!r}" + ("" if name == "protocol" else ", or the protocol's")
+        p.add_argument("--" + name.replace("_", "-"), type=_number(kind) if kind else str,
+                       help=f"{text} ({default})" if text else f"({default})")
     p.add_argument("--run-id", default=None, help="resume this MLflow run (default: the active run, or a new one)")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    values = {k: _unquote(v) if isinstance(v, str) else v for k, v in vars(args).items()}
-    cfg = Config(**{f.name: values[f.name] for f in dataclasses.fields(Config) if f.name in values})
-    cfg.noise_injection = parse_bool("noise_injection", args.noise_injection)
-    return cfg
+    """Config defaults, then the protocol's settings, then the flags given (an explicit flag wins: off-protocol).
+
+    An unknown protocol is left for :meth:`Config.validate` to report inside the run.
+    """
+    given = {}
+    for f in dataclasses.fields(Config):
+        value = getattr(args, f.name, None)
+        if value is not None and _unquote(value) != "":
+            given[f.name] = _unquote(value) if isinstance(value, str) else value
+    defaults = dataclasses.asdict(Config())
+    try:
+        values = protocols.resolve(TASK, defaults, given.get("protocol", ""), given)
+    except ConfigError:
+        values = {**defaults, **given}
+    values["noise_injection"] = parse_bool("noise_injection", values["noise_injection"])
+    return Config(**values)
 
 
 def _main(argv: list[str] | None = None) -> int:

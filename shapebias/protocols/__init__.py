@@ -8,9 +8,10 @@
 Families (one module each, a ``protocols()`` function returning its list):
 
 * ``table1``: the prior reproduction's Table 1 (``table1.<model_spec>.<sparsity>.<dataset>``), task ``train_resnet``;
+* ``table2``: the prior reproduction's Table 2 (``table2.<dataset>.<variant>``), task ``train_fastgan``;
 * ``fig1``: the authors' Fig. 1 levels (``fig1.<model>.<sparsity>[.<level %>]``), task ``shape_bias``.
 
-Adding a family (e.g. Table 2's FastGAN runs): write ``shapebias/protocols/<family>.py`` with a
+Adding a family: write ``shapebias/protocols/<family>.py`` with a
 ``protocols()`` function, add the job's :class:`TaskSettings` to ``tasks.py`` (every ``Config``
 field result-changing or ignored), and list the module in :data:`FAMILIES`.
 
@@ -23,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from shapebias.errors import ConfigError
-from shapebias.protocols import fig1, table1
+from shapebias.protocols import fig1, table1, table2
 from shapebias.protocols.model import (NONE, Check, Protocol, Setting, TaskSettings, canonical, describe_differences,
                                        differences, fingerprint, flags)
 from shapebias.protocols.tasks import TASKS
@@ -32,7 +33,7 @@ __all__ = ["NONE", "REGISTRY", "TAGS", "Check", "Protocol", "Setting", "TaskSett
            "check_run", "claim_of", "describe_differences", "differences", "fingerprint", "flags", "for_table",
            "for_task", "get", "names_of", "nearest", "resolve", "run_tags", "settings_of"]
 
-FAMILIES = (table1, fig1)
+FAMILIES = (table1, table2, fig1)
 
 # Run tags (the run schema, docs/run-schema.md)
 PROTOCOL_TAG = "shapebias.protocol"                 # the protocol a run claims, or "none"

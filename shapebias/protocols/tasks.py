@@ -42,4 +42,22 @@ SHAPE_BIAS = TaskSettings(
     irrelevant=_shape_bias_irrelevant,
 )
 
-TASKS: dict[str, TaskSettings] = {t.task: t for t in (TRAIN_RESNET, SHAPE_BIAS)}
+def _fastgan_irrelevant(values: Mapping[str, str]) -> list[str]:
+    out = ["topk"] if values.get("sparsity") == "none" else []
+    if values.get("rollback_patience") == "0":
+        out += ["perturb_g", "perturb_d"]
+    return out
+
+
+TRAIN_FASTGAN = TaskSettings(
+    task="train_fastgan",
+    keys=("dataset", "im_size", "iterations", "batch_size", "sparsity", "topk", "noise_injection", "recon_loss",
+          "fid_protocol", "fid_every", "fid_samples", "fid_dims", "width", "lr", "ema_decay", "rollback_patience",
+          "perturb_g", "perturb_d"),
+    # the data folder is named by `dataset` (and fingerprinted in a tag); the Inception file decides only
+    # whether the score is `fid` or `fid_unverified`
+    ignored=("data_dir", "fid_weights", "seed", "checkpoint_every", "storage_path", "protocol"),
+    irrelevant=_fastgan_irrelevant,
+)
+
+TASKS: dict[str, TaskSettings] = {t.task: t for t in (TRAIN_RESNET, TRAIN_FASTGAN, SHAPE_BIAS)}
