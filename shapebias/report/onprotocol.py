@@ -5,7 +5,7 @@ run with a published value, and puts it into a verdict, only when the run claims
 its settings equal that protocol's. Every other run of the table goes to the table's "other
 settings" section: its numbers, no published value, no Δ, no verdict, and a note saying which
 settings differ from which protocol. Runs with random weights or a ``limit`` are off-protocol
-like any other difference. Table 2 has no protocols yet and is compared on its parameters.
+like any other difference. Table 2 has its protocols too (``table2.<dataset>.<variant>``).
 """
 
 from __future__ import annotations
