@@ -124,7 +124,7 @@ def test_tiny_run_logs_everything_and_resumes(mlflow_store, tmp_path, tiny_set, 
         client, run = _only_run()
         assert run.data.tags["shapebias.resumed_from_iteration"] == "2"
         assert [m.step for m in client.get_metric_history(rid, "loss_g")] == [1, 2, 3]
-        state = torch.load(client.download_artifacts(rid, "model/generator_ema.pt"), weights_only=False)
+        state = torch.load(client.download_artifacts(rid, "model/generator_ema.pt"), weights_only=True)
         assert state["iteration"] == 3
     finally:
         ray.shutdown()

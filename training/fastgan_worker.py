@@ -149,7 +149,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         for k, v in nets.items():
             v.load_state_dict(state[k])
         torch.set_rng_state(state["rng"]["torch"])

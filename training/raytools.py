@@ -157,6 +157,16 @@ def _trainer_class(local: bool):
     return LocalTorchTrainer
 
 
+# A lost worker (killed, out of memory, node gone) is replaced and training resumes from the last
+# checkpoint, this many times per job; Ray Train retries a failing training function as well.
+DEFAULT_MAX_FAILURES = 1
+
+
+def max_failures() -> int:
+    """Worker-group failures Ray Train recovers from in one job (``SHAPEBIAS_MAX_FAILURES`` overrides)."""
+    return int(os.environ.get("SHAPEBIAS_MAX_FAILURES") or DEFAULT_MAX_FAILURES)
+
+
 def make_trainer(train_loop, loop_config: dict, *, run_id: str, storage_path: str, num_workers: int,
                  env_vars: dict[str, str]):
     """The TorchTrainer of one job, and a description of where it runs (for the run's tags).
@@ -180,7 +190,7 @@ def make_trainer(train_loop, loop_config: dict, *, run_id: str, storage_path: st
         run_config=RunConfig(
             name=run_id,
             storage_path=storage_location(storage_path),
-            failure_config=FailureConfig(max_failures=int(os.environ.get("SHAPEBIAS_MAX_FAILURES", "0") or 0)),
+            failure_config=FailureConfig(max_failures=max_failures()),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             worker_runtime_env={"env_vars": {**_worker_env(), **env_vars}},
             logging_config=LoggingConfig(log_level="WARNING"),

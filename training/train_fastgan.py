@@ -245,7 +245,7 @@ def run(cfg: Config, run_id: str | None = None) -> str:
         if result.checkpoint is None:
             raise RuntimeError(f"Ray Train returned no checkpoint for run {run_id}")
         with result.checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / fastgan_worker.CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            state = torch.load(Path(d) / fastgan_worker.CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         summary = log_final(cfg, state, fid_key)
         mlflow.set_tag("shapebias.checkpoint_dir", f"{storage}/{run_id}")
     print(f"\nrun {run_id} finished ({cfg.run_name()}), {state['iteration']} iterations; {claim.describe()}")

@@ -19,9 +19,10 @@ The driver logs the final model and the best epoch's accuracies (``best_test_acc
 Reusable pieces: :class:`Config`, :func:`build_model`, :func:`build_data`, :func:`train_epoch`,
 :func:`evaluate`, :func:`train_loop_per_worker`, :func:`run`.
 
-Test hooks (environment variables read by the driver, not logged as params):
+Environment variables read by the driver (not logged as params):
 ``SHAPEBIAS_EPOCH_SLEEP`` seconds to sleep after each epoch (fault-injection tests),
-``SHAPEBIAS_MAX_FAILURES`` worker failures Ray Train retries within one job (default 0).
+``SHAPEBIAS_MAX_FAILURES`` worker failures Ray Train recovers from within one job (default
+``raytools.DEFAULT_MAX_FAILURES``, 1).
 """
 
 from __future__ import annotations
@@ -245,7 +246,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["epoch"]
@@ -405,7 +406,7 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
         if result.checkpoint is None:
             raise RuntimeError(f"Ray Train returned no checkpoint for run {run_id}")
         with result.checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         model = build_model(cfg, state["num_classes"])
         model.load_state_dict(state["model"])
         model.eval()
