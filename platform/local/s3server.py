@@ -6,7 +6,9 @@ to 0 here before moto is imported). The stack's one key pair is registered as th
 an IAM user whose policy allows S3 and nothing else, so a request signed with it is accepted,
 while an anonymous request, an unknown key or a wrong secret is refused (403). moto's own control
 routes (``/moto-api/...``: reset, switch authentication off, dump the data) are refused too.
-Unsigned requests get S3's ``AccessDenied`` (moto would fail on them with a 500).
+Requests without an ``Authorization`` header get S3's ``AccessDenied`` (moto would fail on them
+with a 500): anonymous ones, and presigned URLs, whose query-string signature moto cannot check
+(the stack's clients download artifacts through the tracking server instead).
 
 The key pair is read from the file named by ``--credentials-file`` (``KEY=value`` lines with
 ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``, mode 600), never from the command line.
@@ -62,11 +64,22 @@ def guard(app):
     def wrapped(environ, start_response):
         if environ.get("PATH_INFO", "").startswith("/moto-api"):
             return _denied(start_response, "moto's control API is disabled on this server")
-        if "HTTP_AUTHORIZATION" not in environ:
-            return _denied(start_response, "anonymous requests are not accepted: sign the request")
+        if "HTTP_AUTHORIZATION" not in environ:  # presigned URLs too: moto cannot check their signature
+            return _denied(start_response, "requests must be signed in the Authorization header")
         return app(environ, start_response)
 
     return wrapped
+
+
+def handler_without_queries(base):
+    """moto's request handler, logging each request's path without its query string (a presigned
+    URL's query holds the access key id)."""
+
+    class Handler(base):
+        def log_request(self, code="-", size="-") -> None:
+            self.log("info", '"%s %s" %s %s', self.command, self.path.split("?", 1)[0], getattr(code, "value", code), size)
+
+    return Handler
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     register_key_pair(*read_key_pair(args.credentials_file))
     app = DomainDispatcherApplication(create_backend_app)
     print(f"S3 (moto, signed requests only) on 127.0.0.1:{args.port}", flush=True)
-    run_simple("127.0.0.1", args.port, guard(app), threaded=True, request_handler=MotoRequestHandler)
+    run_simple("127.0.0.1", args.port, guard(app), threaded=True, request_handler=handler_without_queries(MotoRequestHandler))
     return 0
 
 

@@ -144,6 +144,10 @@ class Stack:
             # Ride out a restart of the tracking server: up to 10 retries with exponential
             # backoff (2, 4, 8, ... s, at most 120 s each) before a call gives up.
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "10",
+            # Move artifacts through the tracking server, not by presigned S3 URLs (which the
+            # S3 server refuses: moto cannot check a query-string signature).
+            "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
+            "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
         }
 
     def job_env(self) -> dict[str, str]:
