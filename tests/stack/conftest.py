@@ -58,20 +58,18 @@ def stack(stack_mod):
         pytest.skip(reason)
     root = Path(tempfile.mkdtemp(prefix="sbstack-", dir="/tmp"))  # short: Ray's socket paths
     st = stack_mod.Stack(root, auto_ports=True)
-    saved = {k: os.environ.get(k) for k in (*st_env_keys(), "RAY_ADDRESS")}
+    env = pytest.MonkeyPatch()
     try:
         t0 = time.monotonic()
+        st.started_at = time.time()
         st.up()
         st.timings = {"first up": time.monotonic() - t0}
-        os.environ.update(st.job_env())  # this process acts as a client of the stack
-        os.environ.pop("RAY_ADDRESS", None)
+        for key, value in st.client_env().items():  # this process acts as a client (the jobs' account)
+            env.setenv(key, value)
+        env.delenv("RAY_ADDRESS", raising=False)
         yield st
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        env.undo()
         left = st.down() if st.config_file.exists() else []
         if left:
             pytest.fail(f"processes left behind by the stack: {left}")
@@ -79,14 +77,6 @@ def stack(stack_mod):
             shutil.rmtree(root, ignore_errors=True)
         else:
             print(f"\nstack folder kept: {root}")
-
-
-def st_env_keys() -> tuple[str, ...]:
-    return (
-        "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL",
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-    )
 
 
 @pytest.fixture(scope="session")
@@ -119,3 +109,19 @@ def fault_report():
     if out and rows:
         with open(out, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+@pytest.fixture(scope="session")
+def finished_job_run(stack, client, experiment_id, jobs):
+    """A train_resnet run made through the Ray Jobs API (the fault tests leave several; run one
+    tiny job when a security test runs without them)."""
+    import stackjobs as sj
+
+    runs = client.search_runs([experiment_id], "tags.`shapebias.task` = 'train_resnet'")
+    if runs:
+        return runs[0].info.run_id
+    run_id = client.create_run(experiment_id, run_name="security-probe").info.run_id
+    sub = sj.submit_train(stack, run_id, sj.TRAIN_ARGS, 1, tag="security")
+    st = sj.wait_job(jobs, sub)
+    assert st == "SUCCEEDED", sj.tail(sj.logs(jobs, sub))
+    return run_id

@@ -80,7 +80,7 @@ def checkpoints(stack, run_id: str) -> list[str]:
     from shapebias_local_stack import BUCKET, CHECKPOINTS_URI
 
     prefix = CHECKPOINTS_URI.split(f"s3://{BUCKET}/", 1)[1] + f"/{run_id}/"
-    s3 = stack._s3_client()
+    s3 = stack.s3_client()
     found = set()
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
         for obj in page.get("Contents", []):
@@ -102,7 +102,7 @@ def checkpoint_recorded(stack, run_id: str) -> bool:
 def s3_keys(stack, prefix: str) -> list[str]:
     from shapebias_local_stack import BUCKET
 
-    s3 = stack._s3_client()
+    s3 = stack.s3_client()
     keys = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
         keys += [o["Key"] for o in page.get("Contents", [])]
@@ -117,6 +117,36 @@ def train_worker_pids(stack, jobs, sub: str) -> list[int]:
     actors = list_actors(address=stack.jobs_address, filters=[("state", "=", "ALIVE")], detail=True,
                          limit=1000, raise_on_missing_output=False)
     return [int(a.pid) for a in actors if "RayTrainWorker" in (a.class_name or "") and a.job_id == job_id and a.pid]
+
+
+def s3_keys_direct(stack, prefix: str) -> list[str]:
+    """Keys under ``prefix``, asked of the S3 server itself (behind the endpoint that a fault stops)."""
+    from shapebias_local_stack import BUCKET
+
+    s3 = stack.s3_client("s3-store")
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])]
+
+
+def raw_status(url: str, timeout: float = 10, auth: tuple[str, str] | None = None) -> int:
+    """HTTP status of one GET, with no retry: 0 when the connection fails."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    headers = {"Authorization": "Basic " + base64.b64encode(":".join(auth).encode()).decode()} if auth else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return 0
+
+
+def proc_gone(pid: int) -> bool:
+    from shapebias_local_stack import proc_start_time
+
+    return proc_start_time(pid) is None
 
 
 def steps(client, run_id: str, key: str) -> list[int]:

@@ -1,9 +1,12 @@
 """Fault injection on the local stack: the ResNet job, submitted through the Ray Jobs API (the
 path a KubeRay RayJob takes), survives a killed Ray worker, a restarted MLflow server and a
-killed driver; an artifact upload survives a 20 s S3 outage.
+killed driver; an artifact upload survives a 20 s S3 outage. Each test first shows that its
+fault hit (the process is gone, a request failed) before it asserts the recovery.
 
-Every fault is bounded in time and stays on loopback. Sizes are tiny (2 classes x 4 images of
+Every fault is bounded in time and stays on loopback. Sizes are tiny (2 classes x 5 images of
 16 px, 3 epochs); `SHAPEBIAS_EPOCH_SLEEP` spaces the epochs out so that a fault lands mid-run.
+The tests of a terminated driver, of a resume with changed settings and of a PostgreSQL restart
+are in test_lifecycle.py.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 
 import pytest
 import stackjobs as sj
-from stackjobs import EPOCHS, TRAIN_ARGS
+from stackjobs import EPOCHS, TRAIN_ARGS, proc_gone
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -52,15 +55,20 @@ def _succeeded(jobs, sub: str) -> str:
 
 
 def test_worker_killed_mid_training_resumes_from_checkpoint(stack, client, experiment_id, jobs, fault_report):
+    """The platform's own failure policy (no setting of the test's) recovers a killed worker."""
     run_id = _new_run(client, experiment_id, "fault-worker-killed")
-    sub = sj.submit_train(stack, run_id, TRAIN_ARGS, EPOCHS, tag="worker-kill",
-                          env={"SHAPEBIAS_MAX_FAILURES": "2", "SHAPEBIAS_EPOCH_SLEEP": "8"})
+    sub = sj.submit_train(stack, run_id, TRAIN_ARGS, EPOCHS, tag="worker-kill", env={"SHAPEBIAS_EPOCH_SLEEP": "8"})
     _wait_second_epoch(stack, client, jobs, run_id, sub)
     assert sj.checkpoints(stack, run_id), "no checkpoint in S3"
     pids = sj.wait_until(lambda: sj.train_worker_pids(stack, jobs, sub), 60, "the Ray Train worker's pid")
     logged = len(sj.steps(client, run_id, "train_loss"))
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
+    # The fault hit: the workers are gone, and a new worker group took over.
+    sj.wait_until(lambda: all(proc_gone(p) for p in pids), 30, "the killed workers to be gone")
+    new = sj.wait_until(lambda: [p for p in sj.train_worker_pids(stack, jobs, sub) if p not in pids]
+                        or sj.status(jobs, sub) in sj.TERMINAL, sj.JOB_TIMEOUT, "a new Ray Train worker")
+    assert new is not True, f"no new worker started:\n{sj.tail(sj.logs(jobs, sub))}"
 
     out = _succeeded(jobs, sub)
     run = client.get_run(run_id)
@@ -73,7 +81,8 @@ def test_worker_killed_mid_training_resumes_from_checkpoint(stack, client, exper
     assert len(sj.checkpoints(stack, run_id)) >= 1
     assert sj.s3_keys(stack, f"mlartifacts/{experiment_id}/{run_id}/artifacts/samples/"), "samples picture not in S3"
     sj.record(fault_report, fault="Ray Train worker process killed (SIGKILL) mid-training",
-              injected=f"after epoch {logged} of {EPOCHS} was logged", survived=f"resumed from epoch {resumed}; "
+              injected=f"after epoch {logged} of {EPOCHS} was logged; worker pids {pids} gone, new {new}",
+              survived=f"default failure policy restarted the workers; resumed from epoch {resumed}; "
               f"run FINISHED, {EPOCHS} points per curve", job=sub)
 
 
@@ -88,7 +97,10 @@ def test_mlflow_server_restarted_mid_run(stack, client, experiment_id, jobs, fau
     assert len(before) < EPOCHS
     t_down = time.time() * 1000
     t0 = time.monotonic()
-    stack.restart("mlflow")
+    stack.stop("mlflow")
+    # The fault hit: the tracking server refuses connections.
+    assert sj.raw_status(stack.tracking_uri + "/health") == 0
+    stack.start("mlflow")
     outage = time.monotonic() - t0
 
     _succeeded(jobs, sub)
@@ -152,6 +164,9 @@ def test_artifact_upload_survives_s3_outage(stack, client, experiment_id, fault_
     worker.start()
     time.sleep(20)
     assert worker.is_alive(), f"the upload ended during the outage: {outcome}"
+    # The fault hit: the S3 endpoint refuses connections, and the upload has not reached the bucket.
+    assert sj.raw_status(stack.s3_endpoint) == 0
+    assert not sj.s3_keys_direct(stack, f"mlartifacts/{experiment_id}/{run_id}/")
     stack.start("s3")
     back = time.monotonic() - t0
     worker.join(300)

@@ -12,8 +12,8 @@ pytestmark = [pytest.mark.stack, pytest.mark.timeout(1800)]
 
 def _assert_clean(stack, stack_mod) -> None:
     left = stack_mod.marked_pids(stack.root)
-    assert not left, "left behind: " + "; ".join(f"{p}: {stack_mod._cmdline(p)[:120]}" for p in left)
-    busy = {k: v for k, v in stack.ports.items() if not stack_mod._port_free(v)}
+    assert not left, "left behind: " + "; ".join(f"{p}: {stack_mod.cmdline(p)[:120]}" for p in left)
+    busy = {k: v for k, v in stack.ports.items() if not stack_mod.port_free(v)}
     assert not busy, f"ports still taken after down: {busy}"
     assert all(info["pid"] is None for info in stack.status().values())
 
@@ -27,7 +27,7 @@ def test_up_and_down_twice(stack, stack_mod, client, experiment_id, fault_report
             timings["second up"] = time.monotonic() - t0
             st = stack.status()
             assert all(info["healthy"] for info in st.values()), st
-            assert stack.ray_alive_nodes() == 2
+            assert stack.ray_alive_nodes() == 1
             # The runs live in PostgreSQL: they are still there after a full stop and start.
             assert client.get_experiment(experiment_id).name == "stack-faults"
         t0 = time.monotonic()
