@@ -113,11 +113,11 @@ def fault_report():
 
 @pytest.fixture(scope="session")
 def finished_job_run(stack, client, experiment_id, jobs):
-    """A train_resnet run made through the Ray Jobs API (the fault tests leave several; run one
-    tiny job when a security test runs without them)."""
+    """A FINISHED train_resnet run made through the Ray Jobs API (the fault tests leave several;
+    run one tiny job when a test runs without them)."""
     import stackjobs as sj
 
-    runs = client.search_runs([experiment_id], "tags.`shapebias.task` = 'train_resnet'")
+    runs = client.search_runs([experiment_id], "tags.`shapebias.task` = 'train_resnet' and attributes.status = 'FINISHED'")
     if runs:
         return runs[0].info.run_id
     run_id = client.create_run(experiment_id, run_name="security-probe").info.run_id
