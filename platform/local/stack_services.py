@@ -36,6 +36,7 @@ class Service:
     after_healthy: Callable[..., None] = _nothing  # after each start, once healthy
     stop_signal: int = signal.SIGTERM
     signal_group: bool = True  # signal its process group (False: the process stops its children)
+    start_attempts: int = 1    # starts tried when the process exits during start-up
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------
@@ -180,6 +181,7 @@ SERVICES: tuple[Service, ...] = (
         timeout=600, address=lambda st: f"127.0.0.1:{st.ports['ray-gcs']}, Jobs API {st.jobs_address}",
         env=ray_env, cwd=lambda st: REPO_ROOT, prepare=_ray_prepare, after_healthy=_ray_link_logs,
         signal_group=False,  # `ray start --block` stops its own children
+        start_attempts=3,  # a loaded machine can miss Ray's fixed 30 s deadline for the node to register
     ),
 )
 BY_NAME = {s.name: s for s in SERVICES}

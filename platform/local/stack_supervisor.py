@@ -264,20 +264,31 @@ class Stack:
         self.init()
         svc.prepare(self)
         t0 = time.monotonic()
-        pid = self.pid(name)
-        if pid is None:
-            blocked = [k for k in svc.ports if not port_free(self.ports[k])]
-            if blocked:
-                raise StackError(
-                    f"{name}: port(s) {', '.join(f'{k}={self.ports[k]}' for k in blocked)} already in use by "
-                    f"another process; free them or edit {self.config_file}"
-                )
-            pid = self._spawn(svc)
-            self.say(f"  {name:<10} starting (pid {pid}) ...")
-        wait_for(name, lambda: self.healthy(name), svc.timeout,
-                 alive=lambda: (self._reap(), self.pid(name) is not None)[1], log=self.logs / f"{name}.log")
+        for attempt in range(1, svc.start_attempts + 1):
+            pid = self.pid(name) or self._launch(svc)
+            try:
+                wait_for(name, lambda: self.healthy(name), svc.timeout,
+                         alive=lambda: (self._reap(), self.pid(name) is not None)[1], log=self.logs / f"{name}.log")
+                break
+            except StackError:
+                if attempt == svc.start_attempts or self.pid(name) is not None:
+                    raise
+                signal_group(pid, signal.SIGKILL)  # what the failed start left behind
+                wait_gone([pid], 10, self._reap)
+                self.say(f"  {name:<10} exited during start-up; starting again ({attempt + 1}/{svc.start_attempts})")
         svc.after_healthy(self)
         self.say(f"  {name:<10} healthy ({time.monotonic() - t0:.1f} s)")
+
+    def _launch(self, svc: Service) -> int:
+        blocked = [k for k in svc.ports if not port_free(self.ports[k])]
+        if blocked:
+            raise StackError(
+                f"{svc.name}: port(s) {', '.join(f'{k}={self.ports[k]}' for k in blocked)} already in use by "
+                f"another process; free them or edit {self.config_file}"
+            )
+        pid = self._spawn(svc)
+        self.say(f"  {svc.name:<10} starting (pid {pid}) ...")
+        return pid
 
     def stop(self, name: str, *, sig: int | None = None, timeout: float = 30) -> None:
         """Stop one service: its own shutdown signal, then SIGKILL for what is left."""
