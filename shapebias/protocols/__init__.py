@@ -9,7 +9,8 @@ Families (one module each, a ``protocols()`` function returning its list):
 
 * ``table1``: the prior reproduction's Table 1 (``table1.<model_spec>.<sparsity>.<dataset>``), task ``train_resnet``;
 * ``table2``: the prior reproduction's Table 2 (``table2.<dataset>.<variant>``), task ``train_fastgan``;
-* ``fig1``: the authors' Fig. 1 levels (``fig1.<model>.<sparsity>[.<level %>]``), task ``shape_bias``.
+* ``fig1``: the authors' Fig. 1 levels (``fig1.<model>.<sparsity>[.<level %>]``), task ``shape_bias``;
+* ``synthetic``: the synthetic shape-bias study (``synthetic.<sparsity>[.<level %>]``), task ``train_resnet``.
 
 Adding a family: write ``shapebias/protocols/<family>.py`` with a
 ``protocols()`` function, add the job's :class:`TaskSettings` to ``tasks.py`` (every ``Config``
@@ -24,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from shapebias.errors import ConfigError
-from shapebias.protocols import fig1, table1, table2
+from shapebias.protocols import fig1, synthetic, table1, table2
 from shapebias.protocols.model import (NONE, Check, Protocol, Setting, TaskSettings, canonical, describe_differences,
                                        differences, fingerprint, flags)
 from shapebias.protocols.tasks import TASKS
@@ -33,7 +34,7 @@ __all__ = ["NONE", "REGISTRY", "TAGS", "Check", "Protocol", "Setting", "TaskSett
            "check_run", "claim_of", "describe_differences", "differences", "fingerprint", "flags", "for_table",
            "for_task", "get", "names_of", "nearest", "resolve", "run_tags", "settings_of"]
 
-FAMILIES = (table1, table2, fig1)
+FAMILIES = (table1, table2, fig1, synthetic)
 
 # Run tags (the run schema, docs/run-schema.md)
 PROTOCOL_TAG = "shapebias.protocol"                 # the protocol a run claims, or "none"
