@@ -9,11 +9,13 @@ import pandas as pd
 
 from shapebias.report import onprotocol
 from shapebias.report.runs import LeftOut, Run, select_runs
+from shapebias.report.study import study_figures, study_table
 from shapebias.report.tables import Section, TableResult, fastgan_fid_tables, resnet_accuracy_table, shape_bias_tables
 from shapebias.report.verdicts import Verdict, decide
 
 BUILDERS: dict[str, Callable[[Sequence[Run]], TableResult]] = {
-    "table1": resnet_accuracy_table, "table2": fastgan_fid_tables, "shape_bias": shape_bias_tables}
+    "table1": resnet_accuracy_table, "table2": fastgan_fid_tables, "shape_bias": shape_bias_tables,
+    "synthetic": study_table}
 LEFT_OUT_COLUMNS = [f.name for f in dataclasses.fields(LeftOut)]
 
 
@@ -60,5 +62,22 @@ def build_report(runs: Iterable[Run], plots: bool = True) -> Report:
         from shapebias.plots import report_figures
 
         figures = report_figures(plot_data)
+        if "synthetic" in plot_data:
+            figures.update(study_figures(plot_data["synthetic"]))
     left = pd.DataFrame([dataclasses.asdict(x) for x in left_out], columns=LEFT_OUT_COLUMNS)
     return Report(sections, decide(verdicts), left, notes, figures, len(runs))
+
+
+def build_study_report(runs: Iterable[Run], plots: bool = True) -> Report:
+    """The synthetic study alone (its table, verdicts and plots), on its protocols or not.
+
+    What the study command logs to its parent run: a miniature with other settings is tested the
+    same way (its table notes the settings that vary); ``compare`` keeps such runs apart.
+    """
+    runs = list(runs)
+    by_table, left_out, notes = select_runs(runs)
+    result = study_table(by_table["synthetic"]) if by_table.get("synthetic") else TableResult()
+    left_out += result.superseded
+    figures = study_figures(result.plot_data) if plots else {}
+    left = pd.DataFrame([dataclasses.asdict(x) for x in left_out], columns=LEFT_OUT_COLUMNS)
+    return Report(result.sections, decide(result.verdicts), left, notes, figures, len(runs))

@@ -114,8 +114,21 @@ TABLE2 = TableSpec("table2", "train_fastgan", ("sparsity", "noise_injection", "d
                    ("fid",), ("sparsity", "topk", "noise_injection"), "dataset")
 SHAPE_BIAS = TableSpec("shape_bias", "shape_bias", ("model", "sparsity", "topk"), ("shape_bias",),
                        ("model", "sparsity"), "topk", IGNORED_PARAMS | {"batch_size"})
+# The synthetic study (shapebias.report.study): train_resnet runs that claim a synthetic.* protocol.
+STUDY = TableSpec("synthetic", "train_resnet", ("sparsity", "dataset", "seed"),
+                  ("shape_bias", "test_acc", "stylized_acc", "cue_conflict_shape_acc", "cue_conflict_texture_acc"),
+                  ("sparsity",), "topk")
+STUDY_PROTOCOL_PREFIX = "synthetic."
 SPEC_OF_TASK = {s.task: s for s in (TABLE1, TABLE2, SHAPE_BIAS)}
-SPEC_OF_TABLE = {s.name: s for s in (TABLE1, TABLE2, SHAPE_BIAS)}
+SPEC_OF_TABLE = {s.name: s for s in (TABLE1, TABLE2, SHAPE_BIAS, STUDY)}
+
+
+def spec_of(run: Run) -> TableSpec | None:
+    """The table a run feeds: the study's for a synthetic.* protocol claim, else its task's."""
+    claim = run.tags.get("shapebias.protocol") or run.params.get("protocol", "")
+    if run.task == STUDY.task and claim.startswith(STUDY_PROTOCOL_PREFIX):
+        return STUDY
+    return SPEC_OF_TASK.get(run.task)
 
 
 def canonical_params(run: Run, spec: TableSpec) -> dict[str, str]:
@@ -156,7 +169,7 @@ def select_runs(runs: Iterable[Run]) -> tuple[dict[str, list[Run]], list[LeftOut
     by_table: dict[str, list[Run]] = defaultdict(list)
     left_out: list[LeftOut] = []
     for run in runs:
-        spec = SPEC_OF_TASK.get(run.task)
+        spec = spec_of(run)
         if spec is None:
             why = "no shapebias.task tag" if not run.task else f"task {run.task!r} feeds no table"
         else:
