@@ -37,7 +37,7 @@ from shapebias.report.runs import Run
 from shapebias.errors import ConfigError, DataError, check_choice
 from shapebias.tracking import cli_main
 
-TABLES = ("table1", "table2", "shape_bias")
+TABLES = ("table1", "table2", "shape_bias", "synthetic")  # synthetic: the study (training/study.py)
 DEFAULT_SEEDS = {"table1": ("0", "1", "2"), "table2": ("0",)}  # the prior reproduction's runs per cell
 SHAPE_BIAS_LEVELS = ("0.05", "0.1", "0.2", "0.3", "0.4", "0.5")
 RESUMABLE = tasks.RESUMABLE
@@ -292,7 +292,7 @@ def launch_ray(jobs: Sequence[Job], experiment_id: str, address: str, table: str
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="shapebias reproduce", description=__doc__.split("\n\n")[0])
-    p.add_argument("table", help="table1 | table2 | shape_bias")
+    p.add_argument("table", help="table1 | table2 | shape_bias | synthetic (the synthetic study, training/study.py)")
     p.add_argument("--where", default="local", help="local, or a Ray address (http://HEAD:8265, ray://HEAD:10001)")
     p.add_argument("--experiment", default="reproduce", help="MLflow experiment that holds the table's runs")
     p.add_argument("--dry-run", nargs="?", const="true", default="false",
@@ -328,6 +328,17 @@ def read_experiment_runs(client, experiment: str) -> list[Run]:
     return [] if exp is None else load_runs(client, {exp.experiment_id: experiment})
 
 
+def _synthetic_study(args: argparse.Namespace) -> int:
+    """``reproduce synthetic``: the study's own launcher (Ray tasks, one parent run), same options."""
+    from training import study
+
+    check_choice("scale", args.scale, tuple(SCALES))
+    overrides = dict(study.SMOKE) if args.scale == "smoke" else {}
+    planned = study.plan(study.variant_names(), study.seed_list(args.seeds), overrides)
+    return study.run_study(planned, study.overrides_text(overrides), args.experiment, study.check_where(args.where),
+                           truthy("dry_run", args.dry_run), tracking_uri=args.tracking_uri)
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     import mlflow
@@ -335,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     check_choice("table", args.table, TABLES)
+    if args.table == "synthetic":
+        return _synthetic_study(args)
     dry = truthy("dry_run", args.dry_run)
     where = args.where.strip()
     if where != "local" and not where.startswith(("http://", "https://", "ray://")) and where != "auto":
