@@ -154,7 +154,7 @@ def test_protocols_command_lists_and_details(capsys):
     out = capsys.readouterr().out
     assert "cnns-train-top-k/train_resnet.py" in out and "Imagenette" in out
     assert listing.main(["table9"]) == 2
-    assert "families: fig1, table1" in capsys.readouterr().err
+    assert "families: fig1, synthetic, table1" in capsys.readouterr().err
 
 
 def test_params_mlflow_run_logged_first_are_read_as_the_job_ran_them(mlflow_store):
