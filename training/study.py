@@ -394,6 +394,8 @@ def run_study(planned: Sequence[Planned], overrides: str, experiment: str, where
         raise
     if failed:
         client.set_tag(parent_id, ERROR_TAG, f"{len(failed)} run(s) failed: {', '.join(failed)}"[:4000])
+    elif ERROR_TAG in client.get_run(parent_id).data.tags:  # an earlier invocation's failure is mended
+        client.delete_tag(parent_id, ERROR_TAG)
     client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
     print(f"launched {len(todo)} run(s) in {wall:.0f} s; {len(failed)} failed"
           + (": rerun the same command to retry them" if failed else ""))
