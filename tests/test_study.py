@@ -155,3 +155,13 @@ def test_miniature_end_to_end_and_resume(mlflow_store, tmp_path, ray_local, caps
     assert "4 done, 0 to launch" in capsys.readouterr().out
     assert len(client.search_runs([exp.experiment_id])) == len(runs)  # nothing launched
     assert (tmp_path / "second" / "synthetic_study.csv").read_text() == first
+
+
+def test_reproduce_synthetic_dry_run_lists_the_study(mlflow_store, capsys):
+    from training import reproduce
+
+    assert reproduce.main(["synthetic", "--dry-run", "--seeds", "0,1", "--experiment", "s"]) == 0
+    out = capsys.readouterr().out
+    assert "18 runs (9 variants x 2 seeds)" in out and "0 done, 18 to launch" in out
+    assert "would launch synthetic.topk_mean.40 seed=1:" in out and "--image-size 16" in out
+    assert reproduce.main(["synthetic", "--where", "http://head:8265"]) == 2
