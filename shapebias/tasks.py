@@ -40,6 +40,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("texture_synthesis", "training.texture_synthesis", "texture synthesis / feature inversion with Top-K masks"),
     Task("compare", "training.compare", "build the reproduction tables from MLflow runs"),
     Task("reproduce", "training.reproduce", "launch the runs a table is missing", tracked=False, cluster=False),
+    Task("synthetic_study", "training.study", "the synthetic shape-bias study: variants x seeds as Ray tasks, one parent run",
+         cluster=False),
 )}
 
 TRACKED = tuple(name for name, t in TASKS.items() if t.tracked)

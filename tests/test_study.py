@@ -131,7 +131,7 @@ def test_miniature_end_to_end_and_resume(mlflow_store, tmp_path, ray_local, caps
     client = MlflowClient(mlflow_store)
     exp = client.get_experiment_by_name("mini")
     runs = client.search_runs([exp.experiment_id])
-    (parent,) = [r for r in runs if r.data.tags["shapebias.task"] == "study"]
+    (parent,) = [r for r in runs if r.data.tags["shapebias.task"] == "synthetic_study"]
     kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(kids) == 4 and parent.info.status == "FINISHED"
     for r in kids:

@@ -37,13 +37,13 @@ from shapebias import protocols, settings
 from shapebias.errors import ConfigError
 from shapebias.protocols import synthetic
 from shapebias.report.runs import PARENT_TAG, Run, canonical_value
-from shapebias.tracking import TASK_TAG, cli_main
+from shapebias.tracking import ERROR_TAG, TASK_TAG, cli_main, flatten, git_commit, provenance_tags
 from training.cliargs import unquote
 from training.train_resnet import TASK, Config
 
 STUDY_TAG = "shapebias.study"               # "synthetic" on the parent and its children
 OVERRIDES_TAG = "shapebias.study_overrides"  # the --set text that identifies a parent ("" = the protocols)
-PARENT_TASK = "study"
+PARENT_TASK = "synthetic_study"          # the parent's shapebias.task (shapebias/tasks.py)
 FIXED = ("seed", "protocol")                 # what --set may not change
 SMOKE = {"epochs": 1, "synthetic_train_per_class": 4, "synthetic_test_per_class": 4, "image_size": 16}
 RAY_EXCLUDES = [".venv", ".git", "mlruns", ".ray_results", "*.db", "shared", ".tools"]
@@ -202,12 +202,10 @@ def log_child(client, experiment_id: str, parent_id: str, p: Planned, result: Ma
     """One finished (or failed) run of the study, logged from the driver with the train_resnet schema."""
     from mlflow.entities import Metric, Param
 
-    from shapebias.tracking import ERROR_TAG, flatten
-
     params = dataclasses.asdict(p.cfg)
     check = protocols.check(TASK, p.protocol, params)
     tags = {TASK_TAG: TASK, PARENT_TAG: parent_id, STUDY_TAG: synthetic.TABLE, **protocols.run_tags(check),
-            "shapebias.device": "cpu x1 ray task", "shapebias.git_commit": _commit()}
+            "shapebias.device": "cpu x1 ray task", "shapebias.git_commit": git_commit()}
     if result:
         tags["shapebias.data_fingerprint"] = result["data_fingerprint"]
     run = client.create_run(experiment_id, run_name=p.cfg.run_name(), tags=tags)
@@ -224,12 +222,6 @@ def log_child(client, experiment_id: str, parent_id: str, p: Planned, result: Ma
         client.set_tag(rid, ERROR_TAG, error[:4000])
     client.set_terminated(rid, "FAILED" if error else "FINISHED")
     return rid
-
-
-def _commit() -> str:
-    from shapebias.tracking import git_commit
-
-    return git_commit()
 
 
 # --- launching -----------------------------------------------------------------------------------
@@ -296,7 +288,7 @@ def launch(todo: Sequence[Planned], where: str, on_result: Callable[[Planned, di
 # --- the command ---------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="shapebias study", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="shapebias synthetic-study", description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiment", default="synthetic-study", help="MLflow experiment of the study's runs")
     ap.add_argument("--seeds", default="", help="comma-separated seeds (default 0..7)")
     ap.add_argument("--variants", default="", help="comma-separated synthetic.* protocols (default: all nine)")
@@ -339,8 +331,6 @@ def run_study(planned: Sequence[Planned], overrides: str, experiment: str, where
     """Launch what the plan is missing, log each run as it finishes, then the table to the parent."""
     import mlflow
     from mlflow import MlflowClient
-
-    from shapebias.tracking import ERROR_TAG, provenance_tags
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
