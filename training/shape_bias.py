@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from shapebias import protocols, settings, tracking
 from shapebias.data import cue_conflict
-from shapebias.errors import ConfigError, check_choice, check_fraction
+from shapebias.errors import ConfigError, check_choice, check_fraction, check_int
 from shapebias.metrics import shape_bias as sb
 from shapebias.metrics.imagenet16 import decisions_from_logits
 from shapebias.models import pretrained
@@ -97,13 +97,7 @@ def level_claim(claimed: str, sparsity: str, k: float) -> str:
 
 
 def _int(name: str, value: str, minimum: int) -> int:
-    try:
-        v = int(float(value))
-    except ValueError:
-        raise ConfigError(f"{name}={value!r} is not a number") from None
-    if v < minimum:
-        raise ConfigError(f"{name}={value!r} must be at least {minimum}")
-    return v
+    return check_int(name, value, minimum)  # upper bounds: shapebias.errors.INT_LIMITS
 
 
 def parse_levels(sparsity: str, topk: str) -> list[float]:

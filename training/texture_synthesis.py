@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from shapebias import synthesis, tracking
-from shapebias.errors import ConfigError, check_choice, check_fraction
+from shapebias.errors import ConfigError, check_choice, check_fraction, check_int
 from training.cliargs import unquote as _unquote
 
 TASK = "texture_synthesis"
@@ -66,13 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _int(name: str, value: str, minimum: int) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}={value!r} is not a number; expected an integer >= {minimum}") from None
-    if not number.is_integer() or number < minimum:
-        raise ConfigError(f"{name}={value!r} is not accepted; expected an integer >= {minimum}")
-    return int(number)
+    return check_int(name, value, minimum)  # upper bounds: shapebias.errors.INT_LIMITS
 
 
 def _safe(name: str) -> str:

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from shapebias import protocols
-from shapebias.errors import ConfigError, ShapebiasError, check_choice, check_fraction
+from shapebias.errors import ConfigError, ShapebiasError, check_choice, check_fraction, check_limits
 from shapebias.metrics.fid import PROTOCOLS
 from shapebias.models import fastgan as fg
 from training.cliargs import number as _number, unquote as _unquote
@@ -92,6 +92,7 @@ class Config:
         return get_protocol(self.fid_protocol).every
 
     def validate(self) -> Config:
+        check_limits(self)  # numbers, finite, within shapebias.errors.INT_LIMITS
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.type in ("int", "float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
