@@ -119,10 +119,10 @@ def normalize(batch: torch.Tensor) -> torch.Tensor:
 def load_image(path: str | Path) -> torch.Tensor:
     """One image as a uint8 (3, 224, 224) tensor (resized and centre-cropped if not 224)."""
     import numpy as np
-    from PIL import Image
+    from shapebias.data.images import open_image
 
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im = im.convert("RGB")
             if im.size != (IMAGE_SIZE, IMAGE_SIZE):
                 from torchvision.transforms import functional as F

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from shapebias.data.images import open_image
 from shapebias.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -81,7 +82,7 @@ def list_images(folder: str | Path) -> list[Path]:
     formats: dict[str, list[str]] = {}
     for path in files:
         try:
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 img.verify()
                 fmt = img.format or "unknown"
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -97,7 +98,7 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     """An RGB image resized to (size, size) with PIL's bilinear filter (the authors' ``transforms.Resize``),
     as a float tensor in [-1, 1] (3, size, size)."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img = img.convert("RGB").resize((size, size), Image.BILINEAR)
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"image {path} cannot be read ({exc})") from None

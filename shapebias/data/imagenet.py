@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import transforms
 
+from shapebias.data.images import open_image
 from shapebias.errors import ConfigError, DataError
 
 # Imagenette (fast.ai): tench, English springer, cassette player, chain saw, church, French horn,
@@ -118,7 +119,7 @@ class ImageSubset(Dataset):
     def load(self, i: int) -> Image.Image:
         path = self.samples[i][0]
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 return im.convert("RGB")
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise DataError(f"unreadable image {str(path)!r} ({type(exc).__name__}); replace or remove the file") from None
@@ -131,7 +132,7 @@ class ImageSubset(Dataset):
         """Open every file's header (cheap: no decoding); DataError naming the first unreadable one."""
         for path, _ in self.samples:
             try:
-                with Image.open(path) as im:
+                with open_image(path) as im:
                     im.size  # noqa: B018
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
                 raise DataError(f"unreadable image {str(path)!r} ({type(exc).__name__}); replace or remove the file") from None

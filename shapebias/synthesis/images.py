@@ -38,10 +38,12 @@ def _as_rgb(array: np.ndarray, name: str) -> np.ndarray:
 
 
 def _read_file(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from shapebias.data.images import open_image
 
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             return _as_rgb(np.asarray(im.convert("RGB")), str(path))
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None
