@@ -39,7 +39,7 @@ import mlflow
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
-from shapebias import tasks
+from shapebias import integrity, tasks
 from shapebias.errors import ShapebiasError
 from shapebias.settings import REPO_ROOT
 
@@ -208,30 +208,50 @@ def tracked_run(
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or resume) the run of one job and keep the schema.
 
-    Under ``mlflow run`` the run that MLflow created (``MLFLOW_RUN_ID``) is resumed. Params and
-    provenance are logged first, so that a run that fails on bad input still shows what it was
-    given. Any exception marks the run FAILED (with the message in tag ``shapebias.error``) and
-    propagates; nothing already logged is lost.
+    Under ``mlflow run`` the run that MLflow created (``MLFLOW_RUN_ID``) is resumed. The tracking
+    URI is checked and a resume that could corrupt a run is refused before anything is written
+    (:mod:`shapebias.integrity`). Params, provenance and the owner record (host, pid, heartbeat)
+    are logged first, so that a run that fails on bad input still shows what it was given. An
+    exception marks the run FAILED (message in tag ``shapebias.error``); SIGTERM, SIGHUP and
+    Ctrl-C mark it KILLED (tag ``shapebias.terminated``). Nothing already logged is lost.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}")
-    with mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested) as run:
-        mlflow.set_tags({TASK_TAG: task, **provenance_tags(data_fingerprint), **(tags or {})})
-        existing = run.data.params
-        flat = flatten(params)
-        fresh = {k: v for k, v in flat.items() if k not in existing}
-        if fresh:
-            mlflow.log_params(fresh)
-        overridden = {f"{PARAM_TAG_PREFIX}{k}": v for k, v in flat.items() if k in existing and existing[k] != v}
-        if overridden:
-            mlflow.set_tags(overridden)
+    uri = integrity.open_store(mlflow.get_tracking_uri())
+    flat = flatten(params)
+    resume_id = run_id or (None if nested else os.environ.get("MLFLOW_RUN_ID"))
+    if resume_id:
+        integrity.check_resume(MlflowClient(uri), resume_id, task, TASK_TAG, flat, override_prefix=PARAM_TAG_PREFIX)
+    owner = {} if nested else integrity.owner_tags()
+    with contextlib.ExitStack() as stack:
+        if not nested:
+            stack.enter_context(integrity.terminate_on_signals())
+        run = stack.enter_context(mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested))
         try:
+            mlflow.set_tags({TASK_TAG: task, **provenance_tags(data_fingerprint), **owner, **(tags or {})})
+            existing = run.data.params
+            fresh = {k: v for k, v in flat.items() if k not in existing}
+            if fresh:
+                mlflow.log_params(fresh)
+            overridden = {f"{PARAM_TAG_PREFIX}{k}": v for k, v in flat.items() if k in existing and existing[k] != v}
+            if overridden:
+                mlflow.set_tags(overridden)
+            if not nested:
+                stack.enter_context(integrity.heartbeat(uri, run.info.run_id))
             yield run
         except BaseException as exc:
-            with contextlib.suppress(Exception):
-                mlflow.set_tag(ERROR_TAG, _describe(exc)[:4000])
-            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            _end_failed(exc)
             raise
+
+
+def _end_failed(exc: BaseException) -> None:
+    """Mark the active run KILLED (terminated by a signal or Ctrl-C) or FAILED, with the reason."""
+    killed = isinstance(exc, (integrity.Terminated, KeyboardInterrupt))
+    with contextlib.suppress(Exception):
+        mlflow.set_tag(ERROR_TAG, _describe(exc)[:4000] or type(exc).__name__)
+        if killed:
+            mlflow.set_tag(integrity.TERMINATED_TAG, str(exc) if isinstance(exc, integrity.Terminated) else "KeyboardInterrupt")
+    mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if killed else RunStatus.FAILED))
 
 
 def ui_command() -> str:
@@ -254,6 +274,9 @@ def cli_main(fn: Callable[[list[str] | None], Any]) -> Callable[[list[str] | Non
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except integrity.Terminated as exc:
+            print(f"{exc}: the run is marked KILLED", file=sys.stderr)
+            return 128 + exc.signum
         except Exception:
             traceback.print_exc()
             return 1
