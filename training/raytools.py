@@ -16,6 +16,8 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from shapebias.errors import ConfigError
+
 # What a local run does not need to hear, by logger and the lowest level shown. Requests to the
 # autoscaling coordinator (a local cluster has no autoscaler) time out on a busy machine with a
 # traceback. Ray Train's per-report message ("Reporting training result N: TrainingReport(...)")
@@ -50,6 +52,23 @@ def _quiet_local_cluster() -> None:
     for name, level in _LOCAL_QUIET.items():
         logger = logging.getLogger(name.format(ray=os.path.dirname(ray.__file__)))
         logger.addFilter(lambda record, level=level: record.levelno >= level)
+
+
+
+def check_workers(num_workers: int, resources: dict[str, float]) -> None:
+    """ConfigError unless the cluster has a CPU for each of ``num_workers`` Ray Train workers (every
+    worker asks for at least one): Ray would otherwise wait for them forever with the run RUNNING."""
+    cpus = int(resources.get("CPU", 0))
+    if num_workers > cpus:
+        raise ConfigError(f"num_workers={num_workers} is more than this Ray cluster can place ({cpus} CPUs, "
+                          f"one per worker); choose 1..{max(cpus, 1)} or add nodes")
+
+
+def check_local_workers(num_workers: int) -> None:
+    """Without ``RAY_ADDRESS`` Ray starts on this machine: refuse more workers than its CPUs before
+    anything starts (:func:`make_trainer` checks the resources of any cluster)."""
+    if not os.environ.get("RAY_ADDRESS"):
+        check_workers(num_workers, {"CPU": os.cpu_count() or 1})
 
 
 def init_ray(env_vars: dict[str, str]) -> None:
@@ -180,6 +199,7 @@ def make_trainer(train_loop, loop_config: dict, *, run_id: str, storage_path: st
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
     resources = ray.cluster_resources()
+    check_workers(num_workers, resources)
     use_gpu = resources.get("GPU", 0) >= num_workers
     local_cpu = not use_gpu and not os.environ.get("RAY_ADDRESS")
     threads = max(1, int(resources.get("CPU", 1)) // num_workers) if local_cpu else 1

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from shapebias import protocols
 from shapebias.errors import ConfigError, DataError, ShapebiasError, WeightsError, check_choice, check_fraction
+from shapebias.errors import check_limits
 from shapebias.metrics.shape_bias import shape_bias_score
 from shapebias.models.resnet import SPARSITY, SPECS, parse_layers, resnet18, sgd
 from training.cliargs import number as _number
@@ -84,6 +85,7 @@ class Config:
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first bad value and what is accepted."""
+        check_limits(self)  # numbers, finite, within shapebias.errors.INT_LIMITS
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.type in ("int", "float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -363,7 +365,7 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
     import mlflow
 
     from shapebias import tracking
-    from training.raytools import init_ray, make_trainer, quiet_logger, storage_location
+    from training.raytools import check_local_workers, init_ray, make_trainer, quiet_logger, storage_location
 
     params = dataclasses.asdict(cfg)
     new_run = run_id is None and not os.environ.get("MLFLOW_RUN_ID")
@@ -375,6 +377,7 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
         mlflow.set_tags(protocols.run_tags(claim))
         print(claim.describe(), file=sys.stderr)
         cfg.validate()
+        check_local_workers(cfg.num_workers)
         data = build_data(cfg)  # the driver checks the data before any worker starts
         for split in data.values():
             if hasattr(split, "check_headers"):
