@@ -28,3 +28,16 @@ def unquote(value) -> str:
     while len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
         value = value[1:-1].strip()
     return value
+
+
+def split_args(name: str, value: str) -> list[str]:
+    """Shell-split a string of extra arguments; ConfigError (not a traceback) for unbalanced quotes."""
+    import shlex
+
+    from shapebias.errors import ConfigError
+
+    try:
+        return shlex.split(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={value!r} cannot be split into arguments ({exc}); "
+                          "balance the quotes, e.g. --job-args=\"--data-dir '/my data'\"") from None

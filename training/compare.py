@@ -20,6 +20,7 @@ from pathlib import Path
 
 from shapebias.report import Report, Run, build_report, render_text, write_outputs
 from shapebias.errors import DataError
+from shapebias.integrity import open_store
 from shapebias.tracking import cli_main, tracked_run, ui_command
 
 
@@ -139,6 +140,20 @@ def read_runs_sql(client, experiments: dict[str, str]) -> list[Run] | None:
     return sorted(runs.values(), key=lambda r: -r.start_time)
 
 
+def report_dir(base: Path | None, name: str) -> Path:
+    """A new, empty folder for one report: ``<output-dir>/compare-<name>`` (the compare run's id;
+    a unique suffix without a run), or a temporary folder without ``--output-dir``. Only this
+    folder is logged as artifacts, never other files of the output folder."""
+    if base is None:
+        return Path(tempfile.mkdtemp(prefix="shapebias-compare-"))
+    base.mkdir(parents=True, exist_ok=True)
+    if not name:
+        return Path(tempfile.mkdtemp(prefix="compare-", dir=base))
+    path = base / f"compare-{name}"
+    path.mkdir()
+    return path
+
+
 def build(client, names: list[str], exclude: str = "") -> tuple[Report, list[str], dict[str, float]]:
     t0 = time.perf_counter()
     runs, warnings = read_runs(client, names)
@@ -159,9 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
     names = experiment_names(args.experiment)
-    client = MlflowClient()
+    base = Path(args.output_dir) if args.output_dir else None
+    if base is not None and base.exists() and not base.is_dir():
+        raise DataError(f"output_dir={args.output_dir!r} is a file; expected a folder (the report goes into a new sub-folder)")
+    client = MlflowClient(open_store(mlflow.get_tracking_uri()))
     params = {"experiment": ",".join(names), "output_dir": args.output_dir}
-    out_dir = Path(args.output_dir) if args.output_dir else Path(tempfile.mkdtemp(prefix="shapebias-compare-"))
 
     def work(exclude: str = "") -> Report:
         report, _, timing = build(client, names, exclude)
@@ -175,15 +192,19 @@ def main(argv: list[str] | None = None) -> int:
         return report
 
     if args.no_log:
+        out_dir = report_dir(base, "")
         work()
         print(f"report written to {out_dir}")
         return 0
     with tracked_run("compare", params, run_name=f"compare {','.join(names)}") as run:
+        out_dir = report_dir(base, run.info.run_id)
         try:
             report = work(exclude=run.info.run_id)
         finally:
             if any(out_dir.iterdir()):
                 mlflow.log_artifacts(str(out_dir), artifact_path="compare")
+            else:
+                out_dir.rmdir()  # nothing was written: leave no empty folder behind
         mlflow.log_metrics({"runs_read": report.n_runs, "runs_left_out": len(report.left_out),
                             "claims_held": int((report.verdicts["verdict"] == "holds").sum()),
                             "claims_tested": int((report.verdicts["test"] != "none").sum())})

@@ -35,7 +35,9 @@ from shapebias import protocols, settings, tasks
 from shapebias.report import runs as report_runs
 from shapebias.report.runs import Run
 from shapebias.errors import ConfigError, DataError, check_choice
+from shapebias.integrity import is_live, open_store
 from shapebias.tracking import cli_main
+from training.cliargs import split_args
 
 TABLES = ("table1", "table2", "shape_bias", "synthetic")  # synthetic: the study (training/study.py)
 DEFAULT_SEEDS = {"table1": ("0", "1", "2"), "table2": ("0",)}  # the prior reproduction's runs per cell
@@ -140,7 +142,7 @@ def place_of(run: Run, table: str, scale: str) -> tuple | None:
 @dataclasses.dataclass
 class Status:
     cell: Cell
-    state: str        # done | missing | unfinished
+    state: str        # done | missing | unfinished | running (a live process has it)
     run_id: str = ""
 
 
@@ -165,8 +167,9 @@ def status(cells: Sequence[Cell], runs: Iterable[Run], scale: str = "full") -> l
         where = (c.protocol or c.params, c.seed)
         if where in done:
             out.append(Status(c, "done", done[where]))
-        elif where in unfinished:
-            out.append(Status(c, "unfinished", unfinished[where].run_id))
+        elif where in unfinished:  # a RUNNING run whose process is alive is not launched twice
+            run = unfinished[where]
+            out.append(Status(c, "running" if is_live(run.status, run.tags) else "unfinished", run.run_id))
         else:
             out.append(Status(c, "missing"))
     return out
@@ -353,17 +356,21 @@ def main(argv: list[str] | None = None) -> int:
     if where != "local" and not where.startswith(("http://", "https://", "ray://")) and where != "auto":
         raise ConfigError(f"where={where!r} is not accepted; use local, auto or a Ray address such as "
                           "http://HEAD:8265 or ray://HEAD:10001")
+    split_args("job_args", args.job_args)  # unbalanced quotes fail before anything is read
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
-    client = MlflowClient()
+    client = MlflowClient(open_store(mlflow.get_tracking_uri()))
     cells = grid(args.table, csv_list(args.seeds) or None, csv_list(args.datasets) or None,
                  csv_list(args.levels) or None, args.scale)
     runs = read_experiment_runs(client, args.experiment)
     states = status(cells, runs, args.scale)
-    todo = [s for s in states if s.state != "done"]
+    running = [s for s in states if s.state == "running"]
+    todo = [s for s in states if s.state not in ("done", "running")]
     print(f"{args.table}: {len(cells)} cells x seeds in experiment {args.experiment!r} "
-          f"({client.tracking_uri}): {len(cells) - len(todo)} done, "
+          f"({client.tracking_uri}): {len(cells) - len(todo) - len(running)} done, {len(running)} running, "
           f"{sum(s.state == 'missing' for s in todo)} missing, {sum(s.state == 'unfinished' for s in todo)} unfinished")
+    for s in running:
+        print(f"  running    {s.cell.label()} (run {s.run_id} has a live process: not launched again)")
     for s in todo:
         extra = f" (run {s.run_id} did not finish: resume)" if s.state == "unfinished" else ""
         print(f"  {s.state:<10} {s.cell.label()}{extra}")
@@ -372,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     if not todo:
         print("nothing to launch")
         return 0
-    jobs = jobs_for(todo, shlex.split(args.job_args), args.data_root, strict=not dry)
+    jobs = jobs_for(todo, split_args("job_args", args.job_args), args.data_root, strict=not dry)
     if dry:
         for job in jobs:
             print(f"would launch: python -m {job.module} {shlex.join(job.args)}"
