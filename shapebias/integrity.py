@@ -243,32 +243,59 @@ def check_resume(client, run_id: str, task: str, task_tag: str, params: Mapping[
 # --------------------------------------------------------------------------------- termination
 
 
-class Terminated(BaseException):
-    """The process received SIGTERM/SIGHUP (``kubectl delete``, a scheduler, a closed terminal)."""
+class Terminated(KeyboardInterrupt):
+    """The process received SIGTERM/SIGHUP (``kubectl delete``, a scheduler, a closed terminal).
+
+    A KeyboardInterrupt because Ray's blocking calls (``ray.get`` inside ``trainer.fit()``) pass
+    on only KeyboardInterrupt and SystemExit raised by a signal handler; any other exception is
+    printed and dropped. Ray re-raises a plain KeyboardInterrupt: :func:`terminated_by` still
+    names the signal.
+    """
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
         super().__init__(f"terminated by {signal.Signals(signum).name}")
 
 
+TERM_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+_state: dict = {"handler": None, "signum": None}
+
+
+def terminated_by() -> int | None:
+    """The signal that :func:`terminate_on_signals` caught in this process, if any."""
+    return _state["signum"]
+
+
+def reinstall_signal_handlers() -> None:
+    """Put :func:`terminate_on_signals`' handler back after ``ray.init``, which installs its own
+    (``sys.exit``, and a fatal-signal handler that aborts): without this, SIGTERM would end the
+    driver without marking its run."""
+    if _state["handler"] is not None and threading.current_thread() is threading.main_thread():
+        for signum in TERM_SIGNALS:
+            signal.signal(signum, _state["handler"])
+
+
 @contextlib.contextmanager
 def terminate_on_signals() -> Iterator[None]:
     """Turn SIGTERM and SIGHUP into :class:`Terminated` in the main thread while the block runs,
-    so that the run's cleanup (marking it KILLED) happens. Further signals during the cleanup
-    are ignored; the previous handlers come back at the end."""
+    so that the run's cleanup (marking it KILLED) happens; :func:`terminated_by` remembers the
+    signal even if a library wraps the exception. Further signals during the cleanup are
+    ignored; the previous handlers come back at the end."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signums = (signal.SIGTERM, signal.SIGHUP)
 
     def handler(signum, frame):
-        for s in signums:
+        _state["signum"] = signum
+        for s in TERM_SIGNALS:
             signal.signal(s, signal.SIG_IGN)
         raise Terminated(signum)
 
-    previous = {s: signal.signal(s, handler) for s in signums}
+    previous = {s: signal.signal(s, handler) for s in TERM_SIGNALS}
+    _state["handler"] = handler
     try:
         yield
     finally:
+        _state["handler"] = None
         for s, old in previous.items():
             signal.signal(s, old)

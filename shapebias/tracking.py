@@ -246,11 +246,14 @@ def tracked_run(
 
 def _end_failed(exc: BaseException) -> None:
     """Mark the active run KILLED (terminated by a signal or Ctrl-C) or FAILED, with the reason."""
-    killed = isinstance(exc, (integrity.Terminated, KeyboardInterrupt))
+    signum = integrity.terminated_by()
+    killed = signum is not None or isinstance(exc, KeyboardInterrupt)
+    reason = str(integrity.Terminated(signum)) if signum is not None else "interrupted (KeyboardInterrupt)"
     with contextlib.suppress(Exception):
-        mlflow.set_tag(ERROR_TAG, _describe(exc)[:4000] or type(exc).__name__)
         if killed:
-            mlflow.set_tag(integrity.TERMINATED_TAG, str(exc) if isinstance(exc, integrity.Terminated) else "KeyboardInterrupt")
+            mlflow.set_tags({ERROR_TAG: reason, integrity.TERMINATED_TAG: reason})
+        else:
+            mlflow.set_tag(ERROR_TAG, _describe(exc)[:4000])
     mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if killed else RunStatus.FAILED))
 
 
@@ -271,13 +274,16 @@ def cli_main(fn: Callable[[list[str] | None], Any]) -> Callable[[list[str] | Non
         except ShapebiasError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        except integrity.Terminated as exc:
-            print(f"{exc}: the run is marked KILLED", file=sys.stderr)
-            return 128 + exc.signum
-        except Exception:
+        except BaseException as exc:
+            signum = integrity.terminated_by()
+            if signum is not None:
+                print(f"{integrity.Terminated(signum)}: the run is marked KILLED", file=sys.stderr)
+                return 128 + signum
+            if isinstance(exc, KeyboardInterrupt):
+                print("interrupted", file=sys.stderr)
+                return 130
+            if not isinstance(exc, Exception):
+                raise
             traceback.print_exc()
             return 1
         return int(result or 0)

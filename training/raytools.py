@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from shapebias.errors import ConfigError
+from shapebias.integrity import reinstall_signal_handlers
 
 # What a local run does not need to hear, by logger and the lowest level shown. Requests to the
 # autoscaling coordinator (a local cluster has no autoscaler) time out on a busy machine with a
@@ -54,7 +55,6 @@ def _quiet_local_cluster() -> None:
         logger.addFilter(lambda record, level=level: record.levelno >= level)
 
 
-
 def check_workers(num_workers: int, resources: dict[str, float]) -> None:
     """ConfigError unless the cluster has a CPU for each of ``num_workers`` Ray Train workers (every
     worker asks for at least one): Ray would otherwise wait for them forever with the run RUNNING."""
@@ -84,6 +84,7 @@ def init_ray(env_vars: dict[str, str]) -> None:
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(logging_level=logging.WARNING)  # the trainers pass env_vars to their workers themselves
+        reinstall_signal_handlers()
         return
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI colour codes in logs
@@ -98,6 +99,7 @@ def init_ray(env_vars: dict[str, str]) -> None:
             ray.init(
                 runtime_env=runtime_env, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING
             )
+            reinstall_signal_handlers()  # Ray's own SIGTERM handler would abort, leaving the run RUNNING
             return
         except Exception as exc:
             if "timed out during startup" not in str(exc) or attempt == 2:
