@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in todo:
         extra = f" (run {s.run_id} did not finish: resume)" if s.state == "unfinished" else ""
         print(f"  {s.state:<10} {s.cell.label()}{extra}")
-    for line in notes(cells, runs, shlex.split(args.job_args), args.scale):
+    for line in notes(cells, runs, split_args("job_args", args.job_args), args.scale):
         print(f"note: {line}")
     if not todo:
         print("nothing to launch")
