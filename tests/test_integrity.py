@@ -17,8 +17,8 @@ import pytest
 
 from shapebias import integrity, tracking
 from shapebias.errors import ConfigError
-from shapebias.tables import Run
 from test_compare import log_runs, seed_table1_runs  # tests/ is on sys.path (no __init__.py)
+from test_reproduce import resnet_run
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--epochs", "2", "--synthetic-classes", "2", "--synthetic-train-per-class", "4",
@@ -91,19 +91,22 @@ def test_liveness_of_running_runs(mlflow_store, monkeypatch, capsys):
     assert f"run {run_id} is still running (pid {os.getpid()} on host {host}" in capsys.readouterr().err
 
     cell = reproduce.grid("table1", seeds=["0"], datasets=["IN-S1"])[0]
-    params = {**dict(cell.params), "seed": "0"}
+    _, spec, sparsity, dataset = cell.protocol.split(".")
 
     def state(tags: dict) -> str:
-        return reproduce.status([cell], [Run("r", params, {}, {tracking.TASK_TAG: "train_resnet", **tags},
-                                             status="RUNNING")])[0].state
+        return reproduce.status([cell], [resnet_run(spec, sparsity, dataset, 0, status="RUNNING", tags=tags)])[0].state
+
+    assert state({}) == "unfinished"
 
     assert state(live) == "running"
     assert state({**live, integrity.PID_TAG: str(_dead_pid())}) == "unfinished"
     assert state({**live, integrity.HEARTBEAT_TAG: str(int(now - 3600))}) == "unfinished"
 
 
+@pytest.mark.slow
 def test_sigterm_ends_the_run_killed(tmp_path):
-    """A real driver (tiny synthetic run, Ray local) is sent SIGTERM once its first epoch is logged."""
+    """A real driver (tiny synthetic run, Ray local) is sent SIGTERM once its first epoch is logged;
+    the KILLED run then resumes from its checkpoint."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -135,6 +138,16 @@ def test_sigterm_ends_the_run_killed(tmp_path):
     assert ended.info.status == "KILLED"
     assert ended.data.tags[integrity.TERMINATED_TAG] == "terminated by SIGTERM"
     assert not integrity.is_live(ended.info.status, ended.data.tags)
+
+    # The KILLED run resumes with the same settings from its epoch-1 checkpoint and finishes.
+    env["SHAPEBIAS_EPOCH_SLEEP"] = "0"
+    resumed = subprocess.run([sys.executable, "-m", "training.train_resnet", *TINY, "--storage-path", str(tmp_path / "ray"),
+                              "--run-id", run.info.run_id], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = client.get_run(run.info.run_id)
+    assert final.info.status == "FINISHED" and final.data.tags["shapebias.resumed_from_epoch"] == "1"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == [0, 1]
 
 
 def test_three_processes_open_a_fresh_sqlite_store_at_once(tmp_path):
