@@ -367,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     running = [s for s in states if s.state == "running"]
     todo = [s for s in states if s.state not in ("done", "running")]
     print(f"{args.table}: {len(cells)} cells x seeds in experiment {args.experiment!r} "
-          f"({client.tracking_uri}): {len(cells) - len(todo) - len(running)} done, {len(running)} running, "
+          f"({client.tracking_uri}): {len(cells) - len(todo) - len(running)} done, "
+          f"{f'{len(running)} running, ' if running else ''}"
           f"{sum(s.state == 'missing' for s in todo)} missing, {sum(s.state == 'unfinished' for s in todo)} unfinished")
     for s in running:
         print(f"  running    {s.cell.label()} (run {s.run_id} has a live process: not launched again)")
