@@ -71,7 +71,7 @@ def check_int(name: str, value, lo: int | None = None, hi: int | None = None) ->
     if not math.isfinite(number) or not number.is_integer():
         raise ConfigError(f"{name}={value!r} is not accepted; expected {bounds}")
     if (lo is not None and number < lo) or (hi is not None and number > hi):
-        raise ConfigError(f"{name}={value!r} is outside the accepted range; expected {bounds}")
+        raise ConfigError(f"{name}={value!r} is not accepted; expected {bounds}")
     return int(number)
 
 
