@@ -37,17 +37,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small sizes and few repeats (about a minute or two)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per Top-K case (default 7; quick 3)")
-    p.add_argument("--topk-shapes", default=None, help="Top-K shapes, e.g. 32x128x56x56,8x64x28x28 (default the issue's two)")
+    p.add_argument(
+        "--topk-shapes", default=None, help="Top-K shapes, e.g. 32x128x56x56,8x64x28x28 (default the issue's two)"
+    )
     p.add_argument("--topk-ks", default=None, help="Top-K fractions, e.g. 0.2 (default 0.05,0.2)")
-    p.add_argument("--step-repeats", type=int, default=None, help="timed repeats per training-step variant (default 5; quick 2)")
+    p.add_argument(
+        "--step-repeats", type=int, default=None, help="timed repeats per training-step variant (default 5; quick 2)"
+    )
     p.add_argument("--step-image-size", type=int, default=None, help="training-step input size (default 224; quick 64)")
     p.add_argument("--step-batch", type=int, default=None, help="training-step batch size (default 4; quick 4)")
     p.add_argument("--step-stem-stride", type=int, default=2, choices=(1, 2))
-    p.add_argument("--cpu-options", default="plain", help="step options on the CPU: ';'-separated, each plain or channels_last/bf16/compile joined by '+'")
-    p.add_argument("--cuda-options", default="plain;channels_last+bf16;channels_last+bf16+compile", help="step options on CUDA (same form)")
+    p.add_argument(
+        "--cpu-options",
+        default="plain",
+        help="step options on the CPU: ';'-separated, each plain or channels_last/bf16/compile joined by '+'",
+    )
+    p.add_argument(
+        "--cuda-options",
+        default="plain;channels_last+bf16;channels_last+bf16+compile",
+        help="step options on CUDA (same form)",
+    )
     p.add_argument("--workers", default="1,2", help="Ray worker counts for the job epochs")
     p.add_argument("--epochs", type=int, default=None, help="epochs per loop/job (default 4; quick 3)")
-    p.add_argument("--per-class", type=int, default=None, help="synthetic training images per class (default 30; quick 10)")
+    p.add_argument(
+        "--per-class", type=int, default=None, help="synthetic training images per class (default 30; quick 10)"
+    )
     p.add_argument("--devices", default="auto", help="cpu, cuda, or auto (cpu, plus cuda where present)")
     p.add_argument("--threads", type=int, default=None, help="torch threads in this process (default: torch's)")
     p.add_argument("--out", default=None, help="JSON file to write (default benchmarks/results/bench-<time>.json)")
@@ -78,72 +92,186 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def topk_table(rows: list[dict]) -> str:
     return table(
-        ["device", "shape", "k", "mode", "dtype", "ReLU ms", "direct ms", "fast ms", "direct/ReLU", "fast/ReLU",
-         "fast/ReLU (min)", "fast vs direct", "peak MB ReLU/direct/fast"],
-        [[r["device"], r["shape"], r["k"], r["mode"], r["dtype"] + (" cl" if r["channels_last"] else ""),
-          fmt(r["relu_ms"]), fmt(r["direct_ms"]), fmt(r["fast_ms"]), fmt(r["direct_over_relu"], 2) + "x",
-          fmt(r["fast_over_relu"], 2) + "x", fmt(r.get("fast_over_relu_min"), 2) + "x", fmt(r["speedup_vs_direct"], 2) + "x faster",
-          "/".join(fmt(r.get(f"{n}_peak_mb"), 0) for n in ("relu", "direct", "fast"))] for r in rows],
+        [
+            "device",
+            "shape",
+            "k",
+            "mode",
+            "dtype",
+            "ReLU ms",
+            "direct ms",
+            "fast ms",
+            "direct/ReLU",
+            "fast/ReLU",
+            "fast/ReLU (min)",
+            "fast vs direct",
+            "peak MB ReLU/direct/fast",
+        ],
+        [
+            [
+                r["device"],
+                r["shape"],
+                r["k"],
+                r["mode"],
+                r["dtype"] + (" cl" if r["channels_last"] else ""),
+                fmt(r["relu_ms"]),
+                fmt(r["direct_ms"]),
+                fmt(r["fast_ms"]),
+                fmt(r["direct_over_relu"], 2) + "x",
+                fmt(r["fast_over_relu"], 2) + "x",
+                fmt(r.get("fast_over_relu_min"), 2) + "x",
+                fmt(r["speedup_vs_direct"], 2) + "x faster",
+                "/".join(fmt(r.get(f"{n}_peak_mb"), 0) for n in ("relu", "direct", "fast")),
+            ]
+            for r in rows
+        ],
     )
 
 
 def step_table(rows: list[dict]) -> str:
     return table(
         ["device", "options", "spec", "model", "input", "step ms", "vs dense", "peak MB"],
-        [[r["device"], r["options"], r["spec"], r["variant"], f"{r['batch']}x3x{r['image_size']}² /{r['stem_stride']}",
-          fmt(r["step_ms"], 0), fmt(r["over_dense"], 3) + "x", fmt(r["peak_mb"], 0)] for r in rows],
+        [
+            [
+                r["device"],
+                r["options"],
+                r["spec"],
+                r["variant"],
+                f"{r['batch']}x3x{r['image_size']}² /{r['stem_stride']}",
+                fmt(r["step_ms"], 0),
+                fmt(r["over_dense"], 3) + "x",
+                fmt(r["peak_mb"], 0),
+            ]
+            for r in rows
+        ],
     )
 
 
 def epoch_table(rows: list[dict]) -> str:
     return table(
-        ["loop", "threads", "train s/epoch", "vs bare", "whole epoch s", "vs bare", "start-up s", "peak MB (all processes)"],
-        [[r["name"], r.get("threads", "set by Ray: CPUs per worker"), fmt(r["train_s"], 2), fmt(r["train_over_bare"], 2) + "x",
-          fmt(r["cycle_s"], 2), fmt(r["cycle_over_bare"], 2) + "x", fmt(r.get("startup_s"), 1), fmt(r["peak_mb"], 0)]
-         for r in rows],
+        [
+            "loop",
+            "threads",
+            "train s/epoch",
+            "vs bare",
+            "whole epoch s",
+            "vs bare",
+            "start-up s",
+            "peak MB (all processes)",
+        ],
+        [
+            [
+                r["name"],
+                r.get("threads", "set by Ray: CPUs per worker"),
+                fmt(r["train_s"], 2),
+                fmt(r["train_over_bare"], 2) + "x",
+                fmt(r["cycle_s"], 2),
+                fmt(r["cycle_over_bare"], 2) + "x",
+                fmt(r.get("startup_s"), 1),
+                fmt(r["peak_mb"], 0),
+            ]
+            for r in rows
+        ],
     )
 
 
 def goals(result: dict) -> list[dict]:
     out = []
-    topk = [r for r in result.get("topk", []) if r["device"] == "cpu" and r["shape"] == "32x128x56x56"
-            and r["k"] == 0.2 and r["mode"] == "topk" and r["dtype"] == "float32" and not r["channels_last"]]
+    topk = [
+        r
+        for r in result.get("topk", [])
+        if r["device"] == "cpu"
+        and r["shape"] == "32x128x56x56"
+        and r["k"] == 0.2
+        and r["mode"] == "topk"
+        and r["dtype"] == "float32"
+        and not r["channels_last"]
+    ]
     if topk:
         r = topk[0]
-        out.append({"goal": "Top-K fwd+bwd <= 2x ReLU at (32,128,56,56), k=0.2, CPU", "measured": f"{r['fast_over_relu']:.2f}x median, {r.get('fast_over_relu_min', float('nan')):.2f}x of the fastest runs (direct {r['direct_over_relu']:.2f}x)", "met": r["fast_over_relu"] <= 2.0})
+        out.append(
+            {
+                "goal": "Top-K fwd+bwd <= 2x ReLU at (32,128,56,56), k=0.2, CPU",
+                "measured": f"{r['fast_over_relu']:.2f}x median, {r.get('fast_over_relu_min', float('nan')):.2f}x of the fastest runs (direct {r['direct_over_relu']:.2f}x)",
+                "met": r["fast_over_relu"] <= 2.0,
+            }
+        )
     for spec in ("code", "paper"):
-        s = [r for r in result.get("step", []) if r["device"] == "cpu" and r["options"] == "plain" and r["spec"] == spec and r["variant"] == "topk"]
+        s = [
+            r
+            for r in result.get("step", [])
+            if r["device"] == "cpu" and r["options"] == "plain" and r["spec"] == spec and r["variant"] == "topk"
+        ]
         if s:
-            out.append({"goal": f"Top-K ResNet-18 step <= 1.05x dense ({spec} spec, CPU)", "measured": f"{s[0]['over_dense']:.3f}x", "met": s[0]["over_dense"] <= 1.05})
+            out.append(
+                {
+                    "goal": f"Top-K ResNet-18 step <= 1.05x dense ({spec} spec, CPU)",
+                    "measured": f"{s[0]['over_dense']:.3f}x",
+                    "met": s[0]["over_dense"] <= 1.05,
+                }
+            )
     ep = {r["workers"]: r for r in result.get("epoch", []) if r["name"].startswith("job")}
     if 1 in ep:
         r = ep[1]
-        out.append({"goal": "job epoch <= 1.05x bare loop epoch (1 worker, whole epoch)", "measured": f"{r['cycle_over_bare']:.2f}x (training pass alone {r['train_over_bare']:.2f}x)", "met": r["cycle_over_bare"] <= 1.05})
+        out.append(
+            {
+                "goal": "job epoch <= 1.05x bare loop epoch (1 worker, whole epoch)",
+                "measured": f"{r['cycle_over_bare']:.2f}x (training pass alone {r['train_over_bare']:.2f}x)",
+                "met": r["cycle_over_bare"] <= 1.05,
+            }
+        )
     bare1 = [r for r in result.get("epoch", []) if r["name"] == "bare loop, 1 thread"]
     if 1 in ep and bare1 and bare1[0] is not result["epoch"][0]:
         r, b = ep[1], bare1[0]
-        out.append({"goal": "job epoch <= 1.05x bare loop epoch at the same thread count (1; Ray gives each worker 1 CPU)", "measured": f"{r['cycle_s'] / b['cycle_s']:.2f}x (training pass alone {r['train_s'] / b['train_s']:.2f}x)", "met": r["cycle_s"] / b["cycle_s"] <= 1.05})
+        out.append(
+            {
+                "goal": "job epoch <= 1.05x bare loop epoch at the same thread count (1; Ray gives each worker 1 CPU)",
+                "measured": f"{r['cycle_s'] / b['cycle_s']:.2f}x (training pass alone {r['train_s'] / b['train_s']:.2f}x)",
+                "met": r["cycle_s"] / b["cycle_s"] <= 1.05,
+            }
+        )
     if 1 in ep and 2 in ep:
         a, b = ep[1]["cycle_s"], ep[2]["cycle_s"]
-        out.append({"goal": "2-worker job faster than 1-worker job", "measured": f"{b:.2f} s vs {a:.2f} s per epoch ({a / b:.2f}x)", "met": b < a})
+        out.append(
+            {
+                "goal": "2-worker job faster than 1-worker job",
+                "measured": f"{b:.2f} s vs {a:.2f} s per epoch ({a / b:.2f}x)",
+                "met": b < a,
+            }
+        )
     return out
 
 
 def render(result: dict) -> str:
-    parts = [f"machine: {result['machine']['cpu']}, {result['machine']['cpu_count']} CPUs, torch {result['machine']['torch']} "
-             f"({result['machine']['torch_threads']} threads); load average before {result['load_before']}, after {result['load_after']}; "
-             f"{'quick' if result['quick'] else 'full'} run, {result['seconds']:.0f} s"]
+    parts = [
+        f"machine: {result['machine']['cpu']}, {result['machine']['cpu_count']} CPUs, torch {result['machine']['torch']} "
+        f"({result['machine']['torch_threads']} threads); load average before {result['load_before']}, after {result['load_after']}; "
+        f"{'quick' if result['quick'] else 'full'} run, {result['seconds']:.0f} s"
+    ]
     if result.get("topk"):
         parts += ["", "Top-K forward+backward (median ms):", "", topk_table(result["topk"])]
     if result.get("step"):
         parts += ["", "ResNet-18 training step (median ms):", "", step_table(result["step"])]
     if result.get("epoch"):
-        parts += ["", "Training epoch, bare loop vs job (median over epochs after the first):", "", epoch_table(result["epoch"])]
+        parts += [
+            "",
+            "Training epoch, bare loop vs job (median over epochs after the first):",
+            "",
+            epoch_table(result["epoch"]),
+        ]
     errors = [f"{r['name']}: {r['job_error']}" for r in result.get("epoch", []) if r.get("job_error")]
     if errors:
         parts += ["", "The job failed (timings are of the epochs it ran): " + "; ".join(errors)]
     if result.get("goals"):
-        parts += ["", "Goals (issue 9):", "", table(["goal", "measured", "met"], [[g["goal"], g["measured"], "yes" if g["met"] else "NO"] for g in result["goals"]])]
+        parts += [
+            "",
+            "Goals (issue 9):",
+            "",
+            table(
+                ["goal", "measured", "met"],
+                [[g["goal"], g["measured"], "yes" if g["met"] else "NO"] for g in result["goals"]],
+            ),
+        ]
     return "\n".join(parts)
 
 
@@ -164,8 +292,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     q = args.quick
     result: dict[str, Any] = {
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": q,
-        "machine": common.machine(), "load_before": common.load_average(), "args": vars(args),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quick": q,
+        "machine": common.machine(),
+        "load_before": common.load_average(),
+        "args": vars(args),
     }
     t0 = time.time()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -173,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import bench_topk
 
         log("Top-K forward+backward ...")
-        shapes = [tuple(int(v) for v in sh.split("x")) for sh in args.topk_shapes.split(",")] if args.topk_shapes else None
+        shapes = (
+            [tuple(int(v) for v in sh.split("x")) for sh in args.topk_shapes.split(",")] if args.topk_shapes else None
+        )
         ks = [float(v) for v in args.topk_ks.split(",")] if args.topk_ks else None
         result["topk"] = bench_topk.run(q, args.repeats or (3 if q else 7), devices, progress=log, shapes=shapes, ks=ks)
     if "step" in args.sections:
@@ -182,8 +315,14 @@ def main(argv: list[str] | None = None) -> int:
         log("ResNet-18 training step ...")
         options = {"cpu": tuple(args.cpu_options.split(";")), "cuda": tuple(args.cuda_options.split(";"))}
         result["step"] = bench_step.run(
-            q, args.step_repeats or (2 if q else 5), devices, args.step_image_size or (64 if q else 224),
-            args.step_batch or 4, args.step_stem_stride, options, progress=log,
+            q,
+            args.step_repeats or (2 if q else 5),
+            devices,
+            args.step_image_size or (64 if q else 224),
+            args.step_batch or 4,
+            args.step_stem_stride,
+            options,
+            progress=log,
         )
     if "epoch" in args.sections:
         from benchmarks import bench_job

@@ -31,23 +31,42 @@ def synthetic_runs(n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         kind = i % 10
         if kind < 7:
-            params = {"model_spec": rng.choice(["code", "paper"]), "sparsity": rng.choice(["none", "topk", "topk_mean"]),
-                      "topk": "0.2", "stem_stride": "2", "dataset": rng.choice(["IN-S1", "IN-S2", "IN-S3", "IN-S4", "synthetic"]),
-                      "seed": str(i), "epochs": "30", "lr": "0.05", **extra}
+            params = {
+                "model_spec": rng.choice(["code", "paper"]),
+                "sparsity": rng.choice(["none", "topk", "topk_mean"]),
+                "topk": "0.2",
+                "stem_stride": "2",
+                "dataset": rng.choice(["IN-S1", "IN-S2", "IN-S3", "IN-S4", "synthetic"]),
+                "seed": str(i),
+                "epochs": "30",
+                "lr": "0.05",
+                **extra,
+            }
             metrics = {"test_acc": rng.uniform(0.7, 0.9), "stylized_acc": rng.uniform(0.5, 0.7)}
             task = "train_resnet"
         elif kind < 9:
             sp = rng.choice(["none", "topk"])
-            params = {"dataset": rng.choice(["jeep", "fish", "train", "table", "IN-S1-C5"]), "sparsity": sp,
-                      "topk": "0.05", "noise_injection": rng.choice(["true", "false"]), "seed": str(i),
-                      "iterations": "50000", **extra}
+            params = {
+                "dataset": rng.choice(["jeep", "fish", "train", "table", "IN-S1-C5"]),
+                "sparsity": sp,
+                "topk": "0.05",
+                "noise_injection": rng.choice(["true", "false"]),
+                "seed": str(i),
+                "iterations": "50000",
+                **extra,
+            }
             metrics = {"fid": rng.uniform(40, 80)}
             task = "train_fastgan"
         else:
             sp = rng.choice(["topk", "complement"])
-            params = {"model": rng.choice(["alexnet", "vgg16"]), "sparsity": sp,
-                      "topk": rng.choice(["0.05", "0.1", "0.2", "0.3", "0.4", "0.5"]), "weights": "pretrained",
-                      "seed": str(i), **extra}
+            params = {
+                "model": rng.choice(["alexnet", "vgg16"]),
+                "sparsity": sp,
+                "topk": rng.choice(["0.05", "0.1", "0.2", "0.3", "0.4", "0.5"]),
+                "weights": "pretrained",
+                "seed": str(i),
+                **extra,
+            }
             metrics = {"shape_bias": rng.uniform(0.2, 0.7)}
             task = "shape_bias"
         runs.append({"params": params, "metrics": metrics, "tags": {"shapebias.task": task}})
@@ -67,10 +86,23 @@ def write_runs_bulk(uri: str, experiment: str, runs: list[dict]) -> str:
     with store.ManagedSessionMaker() as session:
         for i, run in enumerate(runs):
             rid = uuid.uuid4().hex
-            session.add(models.SqlRun(
-                run_uuid=rid, name=f"run-{i}", source_type="LOCAL", source_name="bench", entry_point_name="",
-                user_id="bench", status="FINISHED", start_time=now + i, end_time=now + i + 1, source_version="",
-                lifecycle_stage="active", artifact_uri=f"{tempfile.gettempdir()}/{rid}", experiment_id=int(exp_id)))
+            session.add(
+                models.SqlRun(
+                    run_uuid=rid,
+                    name=f"run-{i}",
+                    source_type="LOCAL",
+                    source_name="bench",
+                    entry_point_name="",
+                    user_id="bench",
+                    status="FINISHED",
+                    start_time=now + i,
+                    end_time=now + i + 1,
+                    source_version="",
+                    lifecycle_stage="active",
+                    artifact_uri=f"{tempfile.gettempdir()}/{rid}",
+                    experiment_id=int(exp_id),
+                )
+            )
             session.add_all([models.SqlParam(key=k, value=v, run_uuid=rid) for k, v in run["params"].items()])
             session.add_all([models.SqlTag(key=k, value=v, run_uuid=rid) for k, v in run["tags"].items()])
             for k, v in run["metrics"].items():
@@ -117,16 +149,20 @@ def main(argv: list[str] | None = None) -> int:
         t4 = time.perf_counter()
         build_report(runs, plots=True)
         plots = time.perf_counter() - t4
-    print(f"compare benchmark: {args.runs} runs in a SQLite store (filled in {setup:.1f} s), "
-          f"{os.cpu_count()} CPUs; goal: read + build <= 3 s")
+    print(
+        f"compare benchmark: {args.runs} runs in a SQLite store (filled in {setup:.1f} s), "
+        f"{os.cpu_count()} CPUs; goal: read + build <= 3 s"
+    )
     print(f"one-off imports (scipy.stats, reference files): {imports:.2f} s; plots are timed apart")
     print(f"{'try':>3}  {'runs':>5}  {'read, search API (s)':>20}  {'read, SQL (s)':>13}  {'build (s)':>9}")
     for r in rows:
         print(f"{r[0]:>3}  {r[1]:>5}  {r[2]:>20.2f}  {r[3]:>13.2f}  {r[4]:>9.2f}")
     api = min(r[2] + r[4] for r in rows)
     sql = min(r[3] + r[4] for r in rows)
-    print(f"best read + build: search API {api:.2f} s ({'meets' if api <= 3 else 'MISSES'} the 3 s goal), "
-          f"SQL {sql:.2f} s; build with plots: {plots:.2f} s; tables built: {', '.join(report.built)}")
+    print(
+        f"best read + build: search API {api:.2f} s ({'meets' if api <= 3 else 'MISSES'} the 3 s goal), "
+        f"SQL {sql:.2f} s; build with plots: {plots:.2f} s; tables built: {', '.join(report.built)}"
+    )
     return 0
 
 

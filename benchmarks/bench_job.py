@@ -36,10 +36,21 @@ def config(quick: bool, epochs: int | None, per_class: int | None, workers: int 
     from training.train_resnet import Config
 
     return Config(
-        sparsity="topk", topk=0.2, topk_layers="layer2", model_spec="code", stem_stride=2, dataset="synthetic",
-        epochs=epochs or (3 if quick else 4), batch_size=64, lr=0.05, seed=0, num_workers=workers,
-        synthetic_classes=10, synthetic_train_per_class=per_class or (10 if quick else 30),
-        synthetic_test_per_class=5 if quick else 10, image_size=32,
+        sparsity="topk",
+        topk=0.2,
+        topk_layers="layer2",
+        model_spec="code",
+        stem_stride=2,
+        dataset="synthetic",
+        epochs=epochs or (3 if quick else 4),
+        batch_size=64,
+        lr=0.05,
+        seed=0,
+        num_workers=workers,
+        synthetic_classes=10,
+        synthetic_train_per_class=per_class or (10 if quick else 30),
+        synthetic_test_per_class=5 if quick else 10,
+        image_size=32,
     ).validate()
 
 
@@ -86,15 +97,23 @@ def _bare_loop(cfg) -> dict[str, Any]:
     return summarize(name, cfg, train_s, cycle_s, time.perf_counter() - t_start, peak, threads=torch.get_num_threads())
 
 
-def summarize(name: str, cfg, train_s: list[float], cycle_s: list[float], total_s: float, peak_mb, **extra) -> dict[str, Any]:
+def summarize(
+    name: str, cfg, train_s: list[float], cycle_s: list[float], total_s: float, peak_mb, **extra
+) -> dict[str, Any]:
     steady_train = train_s[1:] or train_s
     steady_cycle = cycle_s[1:] or cycle_s
     return {
-        "name": name, "workers": cfg.num_workers, "epochs": cfg.epochs,
+        "name": name,
+        "workers": cfg.num_workers,
+        "epochs": cfg.epochs,
         "train_images": cfg.synthetic_classes * cfg.synthetic_train_per_class,
-        "train_s": med(steady_train), "cycle_s": med(steady_cycle),
-        "train_all_s": [round(t, 2) for t in train_s], "cycle_all_s": [round(t, 2) for t in cycle_s],
-        "total_s": total_s, "peak_mb": peak_mb, **extra,
+        "train_s": med(steady_train),
+        "cycle_s": med(steady_cycle),
+        "train_all_s": [round(t, 2) for t in train_s],
+        "cycle_all_s": [round(t, 2) for t in cycle_s],
+        "total_s": total_s,
+        "peak_mb": peak_mb,
+        **extra,
     }
 
 
@@ -147,7 +166,14 @@ def job(cfg, tmp: Path) -> dict[str, Any]:
     # cycle_s[i] is epoch i+1; pad epoch 0 (start-up mixed in) so indices line up with train_s
     run_start = client.get_run(run_id).info.start_time / 1e3
     startup = stamps[0] - run_start - (train_s[0] if train_s else 0.0) if stamps else float("nan")
-    out = summarize(f"job, {cfg.num_workers} worker{'s' if cfg.num_workers > 1 else ''}", cfg, train_s, [float("nan")] + cycle_s, total, mem.peak_mb)
+    out = summarize(
+        f"job, {cfg.num_workers} worker{'s' if cfg.num_workers > 1 else ''}",
+        cfg,
+        train_s,
+        [float("nan")] + cycle_s,
+        total,
+        mem.peak_mb,
+    )
     out["cycle_s"] = med(cycle_s)
     out["startup_s"] = startup
     out["run_id"] = run_id
@@ -156,8 +182,13 @@ def job(cfg, tmp: Path) -> dict[str, Any]:
     return out
 
 
-def run(quick: bool, workers: tuple[int, ...] = (1, 2), epochs: int | None = None, per_class: int | None = None,
-        progress=print) -> list[dict[str, Any]]:
+def run(
+    quick: bool,
+    workers: tuple[int, ...] = (1, 2),
+    epochs: int | None = None,
+    per_class: int | None = None,
+    progress=print,
+) -> list[dict[str, Any]]:
     rows = []
     cfg = config(quick, epochs, per_class)
     # the job's Ray workers get 1 CPU each, so Ray sets OMP_NUM_THREADS=1 in them: a 1-thread bare
@@ -174,7 +205,9 @@ def run(quick: bool, workers: tuple[int, ...] = (1, 2), epochs: int | None = Non
             for n in workers:
                 row = job(dataclasses.replace(cfg, num_workers=n), tmp)
                 rows.append(row)
-                progress(f"  epoch {row['name']}: train {row['train_s']:.2f} s, cycle {row['cycle_s']:.2f} s, start-up {row['startup_s']:.1f} s")
+                progress(
+                    f"  epoch {row['name']}: train {row['train_s']:.2f} s, cycle {row['cycle_s']:.2f} s, start-up {row['startup_s']:.1f} s"
+                )
     finally:
         if ray.is_initialized():
             ray.shutdown()

@@ -64,8 +64,17 @@ class Check:
     def over_budget(self) -> bool:
         return time.perf_counter() - self.start > self.budget_s
 
-    def add(self, section: str, case: str, variant: str, ms: float | None = None, base_ms: float | None = None,
-            epoch_min: float | None = None, prior_min: float | None = None, note: str = "") -> None:
+    def add(
+        self,
+        section: str,
+        case: str,
+        variant: str,
+        ms: float | None = None,
+        base_ms: float | None = None,
+        epoch_min: float | None = None,
+        prior_min: float | None = None,
+        note: str = "",
+    ) -> None:
         def f(v: float | None, spec: str) -> str:
             return "" if v is None else format(v, spec)
 
@@ -104,7 +113,11 @@ def check_topk(chk: Check, k: float = 0.2) -> None:
     gen = torch.Generator().manual_seed(0)
     base = torch.relu(torch.randn(sz.topk_shape, generator=gen))
     grad = torch.randn(sz.topk_shape, generator=gen)
-    layouts = [("float32", torch.float32, False), ("bfloat16", torch.bfloat16, False), ("float32 cl", torch.float32, True)]
+    layouts = [
+        ("float32", torch.float32, False),
+        ("bfloat16", torch.bfloat16, False),
+        ("float32 cl", torch.float32, True),
+    ]
     for name, dtype, cl in layouts:
         fmt = torch.channels_last if cl else torch.contiguous_format
         x = base.to(sz.device, dtype).contiguous(memory_format=fmt).requires_grad_(True)
@@ -121,7 +134,14 @@ def check_topk(chk: Check, k: float = 0.2) -> None:
                 try:
                     exact = _exact(fn, x, g, k, mode)
                     ms = median_ms(_fwd_bwd(lambda t, fn=fn, mode=mode: fn(t, k, mode), x, g), sz.min_run_time)
-                    chk.add("topk", case, variant, ms, relu_ms, note="bitwise = definition" if exact else "DIFFERS from definition")
+                    chk.add(
+                        "topk",
+                        case,
+                        variant,
+                        ms,
+                        relu_ms,
+                        note="bitwise = definition" if exact else "DIFFERS from definition",
+                    )
                 except Exception as exc:  # noqa: BLE001 - one failed row must not end the check
                     chk.add("topk", case, variant, note=f"failed: {type(exc).__name__}: {exc}"[:120])
 
@@ -167,8 +187,16 @@ def check_steps(chk: Check, options: tuple[str, ...] = STEP_OPTIONS) -> None:
                     continue
                 dense_ms = ms if variant == "dense" else dense_ms
                 epoch_min = ms * steps_per_epoch / 60e3
-                chk.add("step", case, f"{opt} {variant}", ms, dense_ms, epoch_min, PRIOR_MIN_PER_EPOCH[stride],
-                        note=f"{steps_per_epoch} steps of {sz.batch}")
+                chk.add(
+                    "step",
+                    case,
+                    f"{opt} {variant}",
+                    ms,
+                    dense_ms,
+                    epoch_min,
+                    PRIOR_MIN_PER_EPOCH[stride],
+                    note=f"{steps_per_epoch} steps of {sz.batch}",
+                )
 
 
 def _step_ms(model: torch.nn.Module, opt: str, x0: torch.Tensor, y: torch.Tensor, sz: Sizes) -> float:
@@ -211,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         p.error(f"unknown section(s) {bad}; choose from topk, step")
     if any(o not in STEP_OPTIONS for o in options):
-        p.error(f"unknown step option(s) {[o for o in options if o not in STEP_OPTIONS]}; choose from {', '.join(STEP_OPTIONS)}")
+        p.error(
+            f"unknown step option(s) {[o for o in options if o not in STEP_OPTIONS]}; choose from {', '.join(STEP_OPTIONS)}"
+        )
     sz = sizes(args.dry)
     if sz.device == "cuda" and not torch.cuda.is_available():
         print("error: CUDA is not available here (--dry checks the script on the CPU)", file=sys.stderr)

@@ -18,8 +18,9 @@ from shapebias import sparsity
 
 
 @triton.jit
-def _select(x_ptr, kth_ptr, out_ptr, mask_ptr, count_ptr, C, s_n, s_c, s_h, s_w, W, n,
-            RAW: tl.constexpr, BLOCK: tl.constexpr):
+def _select(
+    x_ptr, kth_ptr, out_ptr, mask_ptr, count_ptr, C, s_n, s_c, s_h, s_w, W, n, RAW: tl.constexpr, BLOCK: tl.constexpr
+):
     row = tl.program_id(0)
     base = (row // C) * s_n + (row % C) * s_c
     pos = tl.arange(0, BLOCK)
@@ -46,8 +47,9 @@ def select(x: torch.Tensor, keep: int, raw: bool = False):
     s_n, s_c, s_h, s_w = xd.stride()
     if out.stride() != xd.stride() or mask.stride() != xd.stride():
         return None
-    _select[(n_ * c,)](xd, kth, out, mask, counts, c, s_n, s_c, s_h, s_w, w, h * w,
-                       RAW=raw, BLOCK=triton.next_power_of_2(h * w))
+    _select[(n_ * c,)](
+        xd, kth, out, mask, counts, c, s_n, s_c, s_h, s_w, w, h * w, RAW=raw, BLOCK=triton.next_power_of_2(h * w)
+    )
     if bool((counts != keep).any()):
         return None
     return out, mask.bool()

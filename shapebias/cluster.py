@@ -60,6 +60,7 @@ class KubeError(ShapebiasError):
 
 # ----------------------------------------------------------------------------- parameters
 
+
 def mlproject_path() -> Path:
     return Path(os.environ.get("SHAPEBIAS_MLPROJECT", REPO_ROOT / "MLproject"))
 
@@ -151,6 +152,7 @@ def entrypoint_params(command: str) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- rendering
 
+
 def job_name(release: str, experiment: str) -> str:
     base = f"{release}-{experiment.replace('_', '-')}"[: MAX_NAME - 6].rstrip("-")
     suffix = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5))
@@ -165,8 +167,9 @@ def check_name(name: str) -> str:
     return name
 
 
-def render(template: dict, experiment: str, params: dict[str, str], name: str, namespace: str,
-           check: bool = True) -> dict:
+def render(
+    template: dict, experiment: str, params: dict[str, str], name: str, namespace: str, check: bool = True
+) -> dict:
     """A RayJob to create: the template with a new name, namespace and parameters (checked
     against MLproject unless ``check`` is false)."""
     if template.get("kind") != "RayJob" or template.get("apiVersion") != f"{GROUP}/{VERSION}":
@@ -201,6 +204,7 @@ def load_template_file(path: Path, experiment: str) -> dict:
 
 # ----------------------------------------------------------------------------- the cluster
 
+
 def kube_client(context: str | None):
     """(ApiClient, namespace of the context) for the current (or named) kube context."""
     from kubernetes import client, config
@@ -218,7 +222,9 @@ def kube_client(context: str | None):
         else:
             chosen = active
         if not chosen:
-            raise ConfigError(f"no current kube context in {where}: run `kubectl config use-context NAME` or pass --context")
+            raise ConfigError(
+                f"no current kube context in {where}: run `kubectl config use-context NAME` or pass --context"
+            )
         api = config.new_client_from_config(config_file=where, context=chosen["name"])
     except (ConfigException, OSError) as exc:
         raise ConfigError(
@@ -284,7 +290,9 @@ def fetch_template(api, namespace: str, release: str, experiment: str) -> dict:
         )
     text = (cm.data or {}).get(f"{experiment}.yaml")
     if not text:
-        raise KubeError(f"ConfigMap {cm.metadata.name} has no template for {experiment} (keys: {', '.join(cm.data or {})})")
+        raise KubeError(
+            f"ConfigMap {cm.metadata.name} has no template for {experiment} (keys: {', '.join(cm.data or {})})"
+        )
     return yaml.safe_load(text)
 
 
@@ -295,8 +303,9 @@ def create_rayjob(api, namespace: str, body: dict) -> dict:
     name = body["metadata"]["name"]
     objects = client.CustomObjectsApi(api)
     try:
-        return _call(f"create RayJob {name}", objects.create_namespaced_custom_object,
-                     GROUP, VERSION, namespace, PLURAL, body)
+        return _call(
+            f"create RayJob {name}", objects.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, body
+        )
     except ApiException as exc:
         message = _api_message(exc)
         if exc.status == 404:
@@ -331,8 +340,9 @@ def wait_rayjob(api, namespace: str, name: str, poll: float, timeout: float) -> 
     last = None
     while True:
         try:
-            obj = _call(f"read RayJob {name}", objects.get_namespaced_custom_object,
-                        GROUP, VERSION, namespace, PLURAL, name)
+            obj = _call(
+                f"read RayJob {name}", objects.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+            )
         except ApiException as exc:
             if exc.status == 404:
                 raise KubeError(f"RayJob {name} disappeared from namespace {namespace}") from None
@@ -374,26 +384,40 @@ def mlflow_run_address(job: str, tracking_uri: str | None, experiment_name: str)
 
 # ----------------------------------------------------------------------------- commands
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="shapebias submit",
         description="Submit an experiment to Kubernetes as a KubeRay RayJob (MLproject parameters with -P).",
     )
     p.add_argument("experiment", help=f"one of: {', '.join(EXPERIMENTS)}")
-    p.add_argument("-P", "--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="an MLproject parameter of the experiment (repeatable)")
+    p.add_argument(
+        "-P",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an MLproject parameter of the experiment (repeatable)",
+    )
     p.add_argument("--namespace", "-n", default=None, help="namespace (default: the kube context's, else default)")
     p.add_argument("--context", default=None, help="kube context (default: the current one)")
     p.add_argument("--release", default=DEFAULT_RELEASE, help="the chart's release name (default: %(default)s)")
-    p.add_argument("--template", type=Path, default=None,
-                   help="a RayJob YAML to start from instead of the chart's ConfigMap (e.g. manifests/rayjob-*.yaml)")
+    p.add_argument(
+        "--template",
+        type=Path,
+        default=None,
+        help="a RayJob YAML to start from instead of the chart's ConfigMap (e.g. manifests/rayjob-*.yaml)",
+    )
     p.add_argument("--name", default=None, help="RayJob name (default: <release>-<experiment>-<random>)")
     p.add_argument("--dry-run", action="store_true", help="print the RayJob as YAML and create nothing")
     p.add_argument("--wait", action="store_true", help="follow the RayJob to the end; print the MLflow run's address")
     p.add_argument("--poll", type=float, default=10.0, help="seconds between status checks with --wait")
     p.add_argument("--timeout", type=float, default=0.0, help="give up waiting after this many seconds (0: never)")
-    p.add_argument("--mlflow-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
-                   help="MLflow address reachable from here, to look the run up after --wait")
+    p.add_argument(
+        "--mlflow-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="MLflow address reachable from here, to look the run up after --wait",
+    )
     return p
 
 
@@ -408,8 +432,11 @@ def submit_main(argv: list[str] | None) -> int:
     if check:
         job_args(args.experiment, params, require_all=False)
     else:
-        print(f"note: no MLproject at {mlproject_path()}: the parameters are checked by the RayJob's driver "
-              "in the cluster (set SHAPEBIAS_MLPROJECT to check them here)", file=sys.stderr)
+        print(
+            f"note: no MLproject at {mlproject_path()}: the parameters are checked by the RayJob's driver "
+            "in the cluster (set SHAPEBIAS_MLPROJECT to check them here)",
+            file=sys.stderr,
+        )
     name = check_name(args.name) if args.name else job_name(args.release, args.experiment)
 
     api = None
@@ -425,8 +452,10 @@ def submit_main(argv: list[str] | None) -> int:
         except ConfigError as exc:
             if not args.dry_run:
                 raise
-            raise ConfigError(f"{exc}; a dry run without a cluster needs --template FILE (e.g. a checkout's "
-                              f"manifests/rayjob-{args.experiment.replace('_', '-')}.yaml)") from None
+            raise ConfigError(
+                f"{exc}; a dry run without a cluster needs --template FILE (e.g. a checkout's "
+                f"manifests/rayjob-{args.experiment.replace('_', '-')}.yaml)"
+            ) from None
         namespace = namespace or ctx_ns
         template = fetch_template(api, namespace, args.release, args.experiment)
     namespace = namespace or template.get("metadata", {}).get("namespace") or "default"
@@ -444,8 +473,10 @@ def submit_main(argv: list[str] | None) -> int:
     status = final.get("status") or {}
     ok = status.get("jobStatus") == "SUCCEEDED"
     print(f"RayJob {name}: {status.get('jobDeploymentStatus')}, job {status.get('jobStatus')}")
-    env = {e.get("name"): e.get("value") for e in
-           body["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0].get("env", [])}
+    env = {
+        e.get("name"): e.get("value")
+        for e in body["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0].get("env", [])
+    }
     print("MLflow run:", mlflow_run_address(name, args.mlflow_uri, env.get("MLFLOW_EXPERIMENT_NAME") or "shapebias"))
     return 0 if ok else 1
 
@@ -461,8 +492,9 @@ def find_or_create_run(job: str, experiment: str) -> str:
     mlflow.set_experiment(name)
     mlc = MlflowClient()
     exp = mlc.get_experiment_by_name(name)
-    runs = mlc.search_runs([exp.experiment_id], f"tags.`{RAYJOB_TAG}` = '{job}'",
-                           order_by=["attributes.start_time DESC"], max_results=1)
+    runs = mlc.search_runs(
+        [exp.experiment_id], f"tags.`{RAYJOB_TAG}` = '{job}'", order_by=["attributes.start_time DESC"], max_results=1
+    )
     if runs:
         return runs[0].info.run_id
     run = mlc.create_run(exp.experiment_id, run_name=job, tags={RAYJOB_TAG: job, TASK_TAG: experiment})

@@ -69,8 +69,10 @@ MEAN_MODES = ("topk_mean", "topk_mean_raw")
 BACKENDS = ("auto", "cpu", "torch", "reference")
 BACKEND_ENV = "SHAPEBIAS_TOPK_BACKEND"
 _KERNEL_MODE = {
-    "topk": kernel.MODE_TOPK, "complement": kernel.MODE_COMPLEMENT,
-    "topk_mean": kernel.MODE_MEAN_NONZERO, "topk_mean_raw": kernel.MODE_MEAN_RAW,
+    "topk": kernel.MODE_TOPK,
+    "complement": kernel.MODE_COMPLEMENT,
+    "topk_mean": kernel.MODE_MEAN_NONZERO,
+    "topk_mean_raw": kernel.MODE_MEAN_RAW,
 }
 
 
@@ -239,8 +241,12 @@ def _cpu_topk(x: torch.Tensor, keep: int, mode: str, want_out: bool = True, want
     bits = torch.empty((rows, planes * ((n + 7) // 8)), dtype=torch.uint8) if want_out else None
     mask = torch.empty_strided(x.shape, x.stride(), dtype=torch.uint8) if want_mask else None
     rc = kernel.kernel().shapebias_topk_f32(
-        x.data_ptr(), *(t.data_ptr() if t is not None else None for t in (out, mask, bits)), *_rows(x), keep,
-        _KERNEL_MODE[mode], torch.get_num_threads(),
+        x.data_ptr(),
+        *(t.data_ptr() if t is not None else None for t in (out, mask, bits)),
+        *_rows(x),
+        keep,
+        _KERNEL_MODE[mode],
+        torch.get_num_threads(),
     )
     if rc != 0:
         raise MemoryError("the C Top-K kernel could not allocate its row buffers")
@@ -252,7 +258,12 @@ def _cpu_backward(grad: torch.Tensor, bits: torch.Tensor, keep: int, mode: str) 
     grad = _dense(grad)
     out = torch.empty_strided(grad.shape, grad.stride(), dtype=grad.dtype)
     rc = kernel.kernel().shapebias_topk_backward_f32(
-        grad.data_ptr(), bits.data_ptr(), out.data_ptr(), *_rows(grad), keep, _KERNEL_MODE[mode],
+        grad.data_ptr(),
+        bits.data_ptr(),
+        out.data_ptr(),
+        *_rows(grad),
+        keep,
+        _KERNEL_MODE[mode],
         torch.get_num_threads(),
     )
     if rc != 0:

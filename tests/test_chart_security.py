@@ -25,13 +25,18 @@ JOB_SECRETS = {"shapebias-mlflow-job", "shapebias-s3-job"}
 def renders() -> dict[str, list[dict]]:
     if not os.access(devtools.helm_path(), os.X_OK):
         pytest.skip("helm is missing: run `make tools`")
-    return {name: [d for d in yaml.safe_load_all(devtools.render_chart(files, {"rayjobs.render": True})) if d]
-            for name, files in VARIANTS.items()}
+    return {
+        name: [d for d in yaml.safe_load_all(devtools.render_chart(files, {"rayjobs.render": True})) if d]
+        for name, files in VARIANTS.items()
+    }
 
 
 def ray_pods(docs):
-    return [(f"{job['metadata']['name']}/{name}", pod)
-            for job in devtools.rayjobs_of(docs) for name, pod in devtools.pod_specs(job)]
+    return [
+        (f"{job['metadata']['name']}/{name}", pod)
+        for job in devtools.rayjobs_of(docs)
+        for name, pod in devtools.pod_specs(job)
+    ]
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -52,15 +57,24 @@ def test_no_ray_pod_holds_a_server_credential(renders, variant):
             assert "envFrom" not in c, name
             refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", []) if "valueFrom" in e}
             assert refs <= JOB_SECRETS and not refs & SERVER_SECRETS, (name, refs)
-            assert not [e for e in c.get("env", []) if "valueFrom" in e
-                        and e["valueFrom"]["secretKeyRef"]["key"].startswith("admin-")], name
-    users = {d["metadata"]["name"] for d in renders[variant] for _, pod in devtools.pod_specs(d)
-             for c in pod["containers"] for e in c.get("env", [])
-             if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "shapebias-mlflow-auth"}
+            assert not [
+                e
+                for e in c.get("env", [])
+                if "valueFrom" in e and e["valueFrom"]["secretKeyRef"]["key"].startswith("admin-")
+            ], name
+    users = {
+        d["metadata"]["name"]
+        for d in renders[variant]
+        for _, pod in devtools.pod_specs(d)
+        for c in pod["containers"]
+        for e in c.get("env", [])
+        if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "shapebias-mlflow-auth"
+    }
     assert users == {"shapebias-mlflow"}  # the admin credential: the MLflow server alone
 
 
 # ----------------------------------------------------------------------------- network policies
+
 
 def matches(selector: dict, labels: dict) -> bool:
     assert set(selector) <= {"matchLabels"}, selector  # the chart uses matchLabels only
@@ -88,11 +102,17 @@ def side_allows(policies, pod, peer, port, direction) -> bool:
     allow only what a rule names; a pod outside the namespace is not governed here)."""
     if pod["ns"] != NS:
         return True
-    selecting = [p for p in policies if matches(p["spec"]["podSelector"], pod["labels"])
-                 and direction in p["spec"]["policyTypes"]]
+    selecting = [
+        p
+        for p in policies
+        if matches(p["spec"]["podSelector"], pod["labels"]) and direction in p["spec"]["policyTypes"]
+    ]
     key, peers = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
-    return any(port_matches(rule, port) and any(peer_matches(x, peer, NS) for x in rule.get(peers, []))
-               for p in selecting for rule in p["spec"].get(key, []))
+    return any(
+        port_matches(rule, port) and any(peer_matches(x, peer, NS) for x in rule.get(peers, []))
+        for p in selecting
+        for rule in p["spec"].get(key, [])
+    )
 
 
 def connects(policies, src, dst, port) -> bool:
@@ -103,17 +123,26 @@ def pod_labels(docs, component):
     if component == "rayjob":
         job = devtools.rayjobs_of(docs)[0]
         return job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["metadata"]["labels"]
-    dep = next(d for d in docs if d["kind"] in ("Deployment", "StatefulSet")
-               and d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == component)
+    dep = next(
+        d
+        for d in docs
+        if d["kind"] in ("Deployment", "StatefulSet")
+        and d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    )
     return dep["spec"]["template"]["metadata"]["labels"]
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_default_deny_covers_the_namespace(renders, variant):
     policies = [d for d in renders[variant] if d["kind"] == "NetworkPolicy"]
-    deny = [p for p in policies if p["spec"]["podSelector"] == {}
-            and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-            and not p["spec"].get("ingress") and not p["spec"].get("egress")]
+    deny = [
+        p
+        for p in policies
+        if p["spec"]["podSelector"] == {}
+        and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+    ]
     assert len(deny) == 1
     for p in policies:
         for rule in p["spec"].get("ingress", []) + p["spec"].get("egress", []):
@@ -135,12 +164,33 @@ def test_only_the_explicit_allows_connect(renders, variant):
     dns = pod(ns="kube-system", labels={"k8s-app": "kube-dns"})
     operator = pod(ns="kuberay-system", labels={"app.kubernetes.io/name": "kuberay-operator"})
     internet = {"ns": None, "labels": {}}
-    allowed = [(ray, mlflow, 5000), (ray, ray, 6379), (ray, ray, 8265), (ray, ray, 12345), (mlflow, db, 5432),
-               (operator, ray, 8265), (ray, dns, 53), (mlflow, dns, 53), (db, dns, 53),
-               (mlflow, internet, 443), (ray, internet, 443)]
-    denied = [(stranger, mlflow, 5000), (impostor, mlflow, 5000), (impostor, ray, 8265), (ray, db, 5432),
-              (stranger, db, 5432), (operator, mlflow, 5000), (operator, ray, 6379), (db, internet, 443),
-              (ray, internet, 80), (stranger, internet, 443), (stranger, ray, 8265), (mlflow, ray, 8265)]
+    allowed = [
+        (ray, mlflow, 5000),
+        (ray, ray, 6379),
+        (ray, ray, 8265),
+        (ray, ray, 12345),
+        (mlflow, db, 5432),
+        (operator, ray, 8265),
+        (ray, dns, 53),
+        (mlflow, dns, 53),
+        (db, dns, 53),
+        (mlflow, internet, 443),
+        (ray, internet, 443),
+    ]
+    denied = [
+        (stranger, mlflow, 5000),
+        (impostor, mlflow, 5000),
+        (impostor, ray, 8265),
+        (ray, db, 5432),
+        (stranger, db, 5432),
+        (operator, mlflow, 5000),
+        (operator, ray, 6379),
+        (db, internet, 443),
+        (ray, internet, 80),
+        (stranger, internet, 443),
+        (stranger, ray, 8265),
+        (mlflow, ray, 8265),
+    ]
     for src, dst, port in allowed:
         assert connects(policies, src, dst, port), (src, dst, port)
     for src, dst, port in denied:
@@ -149,8 +199,16 @@ def test_only_the_explicit_allows_connect(renders, variant):
 
 # ----------------------------------------------------------------------------- pods and images
 
-RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                      "projected", "secret"}
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -173,8 +231,10 @@ def test_every_pod_meets_pod_security_restricted(renders, variant):
 
 def test_every_image_can_be_pinned_by_digest(renders):
     digest = "sha256:" + "ab" * 32
-    sets = {f"{path}.digest": digest for path in ("image.training", "image.server", "postgresql.image",
-                                                   "s3.inCluster.image")}
+    sets = {
+        f"{path}.digest": digest
+        for path in ("image.training", "image.server", "postgresql.image", "s3.inCluster.image")
+    }
     stream = devtools.render_chart([GPU_VALUES], {**sets, "rayjobs.render": True, "s3.inCluster.enabled": True})
     docs = [d for d in yaml.safe_load_all(stream) if d]
     pods = [p for d in docs for p in devtools.pod_specs(d)] + ray_pods(docs)
@@ -196,14 +256,17 @@ def test_disruption_budgets_and_database_tls(renders):
 
 def test_submitter_role_is_narrow(renders):
     role = next(d for d in renders["default"] if d["kind"] == "Role")
-    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
-               for v in rule["verbs"]}
-    assert granted == {("", "configmaps", "get")} | {("ray.io", "rayjobs", v)
-                                                    for v in ("get", "list", "watch", "create", "delete")}
+    granted = {
+        (g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+    }
+    assert granted == {("", "configmaps", "get")} | {
+        ("ray.io", "rayjobs", v) for v in ("get", "list", "watch", "create", "delete")
+    }
     assert next(r for r in role["rules"] if r["resources"] == ["configmaps"])["resourceNames"] == ["shapebias-rayjobs"]
 
 
 # ----------------------------------------------------------------------------- admission policy
+
 
 def admission(docs, job: dict) -> list[str]:
     """The messages of the policy's validations that ``job`` fails (CEL evaluated by cel-python)."""
@@ -245,13 +308,17 @@ TAMPERING = {
     "another token Secret": lambda s: s["rayClusterSpec"]["authOptions"].update(secretName="mine"),
     "no auth": lambda s: s["rayClusterSpec"].pop("authOptions"),
     "another service account": lambda s: s["rayClusterSpec"]["headGroupSpec"]["template"]["spec"].update(
-        serviceAccountName="default"),
+        serviceAccountName="default"
+    ),
     "a Secret volume": lambda s: s["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["volumes"].append(
-        {"name": "x", "secret": {"secretName": "shapebias-mlflow-auth"}}),
+        {"name": "x", "secret": {"secretName": "shapebias-mlflow-auth"}}
+    ),
     "the admin password": lambda s: s["submitterPodTemplate"]["spec"]["containers"][0]["env"].append(
-        {"name": "P", "valueFrom": {"secretKeyRef": {"name": "shapebias-mlflow-auth", "key": "admin-password"}}}),
+        {"name": "P", "valueFrom": {"secretKeyRef": {"name": "shapebias-mlflow-auth", "key": "admin-password"}}}
+    ),
     "another image": lambda s: s["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0].update(
-        image="evil:1"),
+        image="evil:1"
+    ),
     "no submitter template": lambda s: s.pop("submitterPodTemplate"),
     "an existing cluster": lambda s: s.update(clusterSelector={"ray.io/cluster": "other"}),
 }

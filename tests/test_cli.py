@@ -44,10 +44,13 @@ def test_subcommands_and_entry_points_share_one_name():
 
 def _run_cli(*argv: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     heavy = ("torch", "torchvision", "mlflow", "ray", "numpy")
-    code = ("import sys; from shapebias import cli; rc = cli.main(sys.argv[1:]); "
-            f"print('LOADED', sorted(m for m in {heavy!r} if m in sys.modules)); sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60,
-                          cwd=REPO_ROOT)
+    code = (
+        "import sys; from shapebias import cli; rc = cli.main(sys.argv[1:]); "
+        f"print('LOADED', sorted(m for m in {heavy!r} if m in sys.modules)); sys.exit(rc)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
+    )
     loaded = eval(proc.stdout.rsplit("LOADED", 1)[1])
     return proc, loaded
 
@@ -68,4 +71,5 @@ def test_unknown_command_is_one_error_line():
     proc, _ = _run_cli("train_resnet")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"error: unknown command 'train_resnet'; known commands: {', '.join(cli.COMMANDS)}"]
+        f"error: unknown command 'train_resnet'; known commands: {', '.join(cli.COMMANDS)}"
+    ]

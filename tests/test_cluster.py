@@ -19,7 +19,14 @@ CONFIGMAP = f"/api/v1/namespaces/{NS}/configmaps/shapebias-rayjobs"
 
 
 def status_body(code: int, reason: str, message: str) -> dict:
-    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "message": message, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "reason": reason,
+        "message": message,
+        "code": code,
+    }
 
 
 class StandIn:
@@ -35,8 +42,14 @@ class StandIn:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 path = self.path.split("?")[0]
-                state.requests.append({"method": self.command, "path": path, "headers": {k.lower(): v for k, v in self.headers.items()},
-                                       "body": json.loads(raw) if raw else None})
+                state.requests.append(
+                    {
+                        "method": self.command,
+                        "path": path,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "body": json.loads(raw) if raw else None,
+                    }
+                )
                 queue = state.answers.get((self.command, path))
                 if queue:
                     code, body = queue[0] if len(queue) == 1 else queue.pop(0)
@@ -87,12 +100,20 @@ def chart_configmap() -> dict:
 def api(tmp_path, monkeypatch):
     stand_in = StandIn()
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "stand-in",
-        "clusters": [{"name": "stand-in", "cluster": {"server": stand_in.url}}],
-        "users": [{"name": "tester", "user": {"token": "test-token"}}],
-        "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "tester", "namespace": NS}}],
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "stand-in",
+                "clusters": [{"name": "stand-in", "cluster": {"server": stand_in.url}}],
+                "users": [{"name": "tester", "user": {"token": "test-token"}}],
+                "contexts": [
+                    {"name": "stand-in", "context": {"cluster": "stand-in", "user": "tester", "namespace": NS}}
+                ],
+            }
+        )
+    )
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     stand_in.answer("GET", CONFIGMAP, (200, chart_configmap()))
@@ -210,16 +231,24 @@ def test_bad_input(api, capsys, argv, expected):
 
 
 def rayjob_with(deployment: str, job: str | None) -> dict:
-    return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "w"},
-            "status": {"jobDeploymentStatus": deployment, **({"jobStatus": job} if job else {})}}
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {"name": "w"},
+        "status": {"jobDeploymentStatus": deployment, **({"jobStatus": job} if job else {})},
+    }
 
 
 @pytest.mark.parametrize("final, code", [("SUCCEEDED", 0), ("FAILED", 1)])
 def test_wait_follows_the_status(api, capsys, final, code):
     api.answer("POST", RAYJOBS, (201, "echo"))
-    api.answer("GET", f"{RAYJOBS}/w-1",
-               (200, rayjob_with("Initializing", None)), (200, rayjob_with("Running", "RUNNING")),
-               (200, rayjob_with("Complete" if final == "SUCCEEDED" else "Failed", final)))
+    api.answer(
+        "GET",
+        f"{RAYJOBS}/w-1",
+        (200, rayjob_with("Initializing", None)),
+        (200, rayjob_with("Running", "RUNNING")),
+        (200, rayjob_with("Complete" if final == "SUCCEEDED" else "Failed", final)),
+    )
     assert submit("train_resnet", "--name", "w-1", "--wait", "--poll", "0.01") == code
     out = capsys.readouterr().out
     assert "w-1: Initializing" in out and "w-1: Running, job RUNNING" in out

@@ -11,10 +11,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from test_shape_bias_data import make_cue_conflict  # tests/ is on sys.path (no __init__.py)
 
 from shapebias import settings
 from shapebias.data import cue_conflict, fetch
-from test_shape_bias_data import make_cue_conflict  # tests/ is on sys.path (no __init__.py)
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -44,8 +44,13 @@ def release(tmp_path, monkeypatch):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(served)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     digest, count = fetch.tree_digest(src)
-    entry = {**fetch.SOURCES["cue-conflict"], "url": f"http://127.0.0.1:{server.server_port}/cue-conflict.tar.gz",
-             "sha256": fetch.file_sha256(archive), "tree_sha256": digest, "files": count}
+    entry = {
+        **fetch.SOURCES["cue-conflict"],
+        "url": f"http://127.0.0.1:{server.server_port}/cue-conflict.tar.gz",
+        "sha256": fetch.file_sha256(archive),
+        "tree_sha256": digest,
+        "files": count,
+    }
     monkeypatch.setitem(fetch.SOURCES, "cue-conflict", entry)
     monkeypatch.delenv("http_proxy", raising=False)
     monkeypatch.delenv("HTTP_PROXY", raising=False)

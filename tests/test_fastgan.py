@@ -31,10 +31,18 @@ def test_discriminator_width_table_at_256():
     assert conv_widths(D.from_big) == [16]  # 3x3 conv at 256 px
     # residual down blocks to 128, 64, 32, 16, 8 px: (main conv, main conv, direct conv) each
     assert {r: conv_widths(b) for r, b in D.downs.items()} == {
-        "128": [32] * 3, "64": [64] * 3, "32": [128] * 3, "16": [256] * 3, "8": [512] * 3}
+        "128": [32] * 3,
+        "64": [64] * 3,
+        "32": [128] * 3,
+        "16": [256] * 3,
+        "8": [512] * 3,
+    }
     # SLE: the 256, 128, 64 px features gate the 32, 16, 8 px ones
     assert {r: [s.main[1].in_channels, s.main[1].out_channels] for r, s in D.sle.items()} == {
-        "32": [16, 128], "16": [32, 256], "8": [64, 512]}
+        "32": [16, 128],
+        "16": [32, 256],
+        "8": [64, 512],
+    }
     assert conv_widths(D.rf_big) == [1024, 1] and D.rf_big[0].in_channels == 512
     assert conv_widths(D.from_small) == [32, 64, 128, 256] and D.rf_small.in_channels == 256
     for dec, cin in ((D.decoder_big, 512), (D.decoder_part, 256), (D.decoder_small, 256)):

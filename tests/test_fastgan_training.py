@@ -63,7 +63,7 @@ def test_lpips_reconstruction_loss_is_summed_over_the_batch(monkeypatch, tmp_pat
     eight = loss(x.expand(8, -1, -1, -1), y.expand(8, -1, -1, -1))
     assert torch.allclose(eight, 8 * one)  # the authors' percept(...).sum(): 8x the mean at batch 8
     xs, ys = torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8)
-    assert torch.allclose(loss(xs, ys), sum(loss(xs[i:i + 1], ys[i:i + 1]) for i in range(3)))
+    assert torch.allclose(loss(xs, ys), sum(loss(xs[i : i + 1], ys[i : i + 1]) for i in range(3)))
 
 
 def test_l1_substitute_is_summed_over_the_batch_too():
@@ -89,7 +89,9 @@ def test_one_training_step_updates_both_networks_and_ema():
     d0 = [p.detach().clone() for p in D.parameters()]
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    losses = fastgan_worker.train_step(G, D, opt_g, opt_d, torch.rand(2, 3, 64, 64) * 2 - 1, fg.reconstruction_loss("l1"))
+    losses = fastgan_worker.train_step(
+        G, D, opt_g, opt_d, torch.rand(2, 3, 64, 64) * 2 - 1, fg.reconstruction_loss("l1")
+    )
     assert set(losses) == {"loss_d_real", "loss_d_fake", "loss_recon", "loss_g"}
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
     assert any(not torch.equal(a, b) for a, b in zip(g0, G.parameters()))

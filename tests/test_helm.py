@@ -20,8 +20,14 @@ VARIANTS = {
     "default": ([], {}),
     "gpu-pool": ([GPU_VALUES], {}),
     "in-cluster-s3": ([], {"s3.inCluster.enabled": True, "s3.endpoint": ""}),
-    "external-db": ([], {"postgresql.enabled": False, "externalDatabase.host": "db.example.org",
-                         "externalDatabase.existingSecret": "mlflow-db"}),
+    "external-db": (
+        [],
+        {
+            "postgresql.enabled": False,
+            "externalDatabase.host": "db.example.org",
+            "externalDatabase.existingSecret": "mlflow-db",
+        },
+    ),
 }
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -109,8 +115,10 @@ def test_rayjob_shape(renders):
         env = {e["name"]: e for e in pod["containers"][0]["env"]}
         assert env["SHAPEBIAS_RAY_STORAGE"]["value"] == "s3://shapebias-artifacts/ray"
         assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "shapebias-s3-job"
-        assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "shapebias-mlflow-job",
-                                                                                 "key": "password"}
+        assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "shapebias-mlflow-job",
+            "key": "password",
+        }
         assert env["MLFLOW_TRACKING_URI"]["value"] == "http://shapebias-mlflow.shapebias.svc.cluster.local:5000"
 
 
@@ -120,11 +128,18 @@ def test_mlflow_server(renders):
     c = dep["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in c["env"]}
     hosts = env["ALLOWED_HOSTS"]["value"].split(",")
-    for h in ("shapebias-mlflow", "shapebias-mlflow.shapebias", "shapebias-mlflow.shapebias.svc",
-              "shapebias-mlflow.shapebias.svc.cluster.local"):
+    for h in (
+        "shapebias-mlflow",
+        "shapebias-mlflow.shapebias",
+        "shapebias-mlflow.shapebias.svc",
+        "shapebias-mlflow.shapebias.svc.cluster.local",
+    ):
         assert h in hosts and f"{h}:5000" in hosts
-    for var, key in (("MLFLOW_AUTH_ADMIN_PASSWORD", "admin-password"),
-                     ("MLFLOW_FLASK_SERVER_SECRET_KEY", "flask-secret-key"), ("DB_PASSWORD", "password")):
+    for var, key in (
+        ("MLFLOW_AUTH_ADMIN_PASSWORD", "admin-password"),
+        ("MLFLOW_FLASK_SERVER_SECRET_KEY", "flask-secret-key"),
+        ("DB_PASSWORD", "password"),
+    ):
         assert env[var]["valueFrom"]["secretKeyRef"]["key"] == key
     assert env["ARTIFACTS_DESTINATION"]["value"] == "s3://shapebias/mlartifacts"
     assert c["readinessProbe"]["httpGet"]["path"] == "/health" and c["livenessProbe"]
@@ -138,11 +153,20 @@ def test_allowed_hosts_pass_mlflows_host_check(renders):
     """The Service's Host headers (with and without port) pass MLflow's own host validation."""
     from mlflow.server.security_utils import is_allowed_host_header
 
-    dep = next(d for d in renders["default"] if d["metadata"]["name"] == "shapebias-mlflow" and d["kind"] == "Deployment")
-    hosts = next(e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "ALLOWED_HOSTS")
+    dep = next(
+        d for d in renders["default"] if d["metadata"]["name"] == "shapebias-mlflow" and d["kind"] == "Deployment"
+    )
+    hosts = next(
+        e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "ALLOWED_HOSTS"
+    )
     allowed = hosts.split(",")
-    for host in ("shapebias-mlflow:5000", "shapebias-mlflow.shapebias.svc.cluster.local:5000",
-                 "shapebias-mlflow.shapebias.svc", "localhost:5000", "127.0.0.1:8080"):
+    for host in (
+        "shapebias-mlflow:5000",
+        "shapebias-mlflow.shapebias.svc.cluster.local:5000",
+        "shapebias-mlflow.shapebias.svc",
+        "localhost:5000",
+        "127.0.0.1:8080",
+    ):
         assert is_allowed_host_header(allowed, host), host
     assert not is_allowed_host_header(allowed, "evil.example.org")
 
@@ -155,12 +179,17 @@ def test_no_credential_has_a_default(renders):
         for d in docs:
             for path, value in _walk(d):
                 key = path[-1] if path else ""
-                if (isinstance(key, str) and key not in ("existingSecret", "secretKeyRef", "secretName")
-                        and not isinstance(value, bool)
-                        and re.search(r"password|secret|token|access.?key", key, re.I)):
+                if (
+                    isinstance(key, str)
+                    and key not in ("existingSecret", "secretKeyRef", "secretName")
+                    and not isinstance(value, bool)
+                    and re.search(r"password|secret|token|access.?key", key, re.I)
+                ):
                     assert isinstance(value, dict) or value in ("", None), f"{variant}: {'/'.join(map(str, path))}"
-                if isinstance(value, dict) and "name" in value and re.search(
-                    r"PASSWORD|SECRET|ACCESS_KEY|TOKEN", str(value.get("name"))
+                if (
+                    isinstance(value, dict)
+                    and "name" in value
+                    and re.search(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN", str(value.get("name")))
                 ):
                     assert "value" not in value and "secretKeyRef" in value.get("valueFrom", {}), (
                         f"{variant}: {d['kind']}/{d['metadata']['name']} env {value['name']} is not from a Secret"
@@ -235,7 +264,8 @@ def test_images_match_the_project():
     assert values["image"]["server"]["tag"] == f"{chart['appVersion']}-server"
     dockerfile = (devtools.REPO_ROOT / "platform" / "Dockerfile").read_text()
     pins = dict(
-        line.split("==") for line in (devtools.REPO_ROOT / "constraints.txt").read_text().splitlines()
+        line.split("==")
+        for line in (devtools.REPO_ROOT / "constraints.txt").read_text().splitlines()
         if "==" in line and not line.startswith("#")
     )
     for pkg, text in (("mlflow", "mlflow[auth]=="), ("psycopg2-binary", "psycopg2-binary=="), ("boto3", "boto3==")):
@@ -274,13 +304,26 @@ def test_mlflow_start_script(tmp_path, monkeypatch):
 
     password = "p@ss:w/rd%1"
     env = {
-        "DB_USERNAME": "mlflow", "DB_PASSWORD": password, "DB_HOST": "db", "DB_PORT": "5432", "DB_NAME": "mlflow",
-        "MLFLOW_AUTH_ADMIN_USERNAME": "admin", "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-pw",
-        "MLFLOW_JOB_USERNAME": "jobs", "MLFLOW_JOB_PASSWORD": "job-pw", "JOB_EXPERIMENT": "shapebias",
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": "k" * 32, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": "https://s3.us-east-1.amazonaws.com",
-        "S3_BUCKET": "shapebias", "S3_CREATE_BUCKET": "true", "MLFLOW_PORT": "5000",
-        "ARTIFACTS_DESTINATION": "s3://shapebias/mlartifacts", "ALLOWED_HOSTS": "a,a:5000",
+        "DB_USERNAME": "mlflow",
+        "DB_PASSWORD": password,
+        "DB_HOST": "db",
+        "DB_PORT": "5432",
+        "DB_NAME": "mlflow",
+        "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-pw",
+        "MLFLOW_JOB_USERNAME": "jobs",
+        "MLFLOW_JOB_PASSWORD": "job-pw",
+        "JOB_EXPERIMENT": "shapebias",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "k" * 32,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MLFLOW_S3_ENDPOINT_URL": "https://s3.us-east-1.amazonaws.com",
+        "S3_BUCKET": "shapebias",
+        "S3_CREATE_BUCKET": "true",
+        "MLFLOW_PORT": "5000",
+        "ARTIFACTS_DESTINATION": "s3://shapebias/mlartifacts",
+        "ALLOWED_HOSTS": "a,a:5000",
         "AUTH_CONFIG_DIR": str(tmp_path / "auth"),
     }
     for k, v in env.items():

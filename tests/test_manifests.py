@@ -7,8 +7,8 @@ import os
 import pytest
 import yaml
 
-from tools import devtools
 from shapebias.cluster import EXPERIMENTS
+from tools import devtools
 
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 

@@ -102,8 +102,9 @@ def test_by_category_groups_by_shape_class():
 
 def test_write_and_read_result_csv_round_trip(tmp_path):
     names = ["airplane1-bicycle2.png", "bear2-bear1.png", "cat3-dog1.png"]
-    path = sb.write_results_csv(tmp_path, "alexnet_topk_10", ["bicycle", "bear", "cat"],
-                                ["airplane", "bear", "cat"], names)
+    path = sb.write_results_csv(
+        tmp_path, "alexnet_topk_10", ["bicycle", "bear", "cat"], ["airplane", "bear", "cat"], names
+    )
     assert path.name == "cue-conflict_alexnet-topk-10_session-1.csv"
     lines = path.read_text().splitlines()
     assert lines[0] == "subj,session,trial,rt,object_response,category,condition,imagename"
@@ -128,8 +129,10 @@ def test_csv_missing_columns_is_a_clear_error(tmp_path):
 
 def test_column_names_are_case_insensitive(tmp_path):
     path = tmp_path / "upper.csv"
-    path.write_text("SUBJ,Session,trial,RT,object_response,Category,condition,ImageName\n"
-                    "m,1,1,NaN,dog,cat,NaN,cat1-dog2.png\nm,1,2,NaN,cat,cat,NaN,cat1-bird2.png\n")
+    path.write_text(
+        "SUBJ,Session,trial,RT,object_response,Category,condition,ImageName\n"
+        "m,1,1,NaN,dog,cat,NaN,cat1-dog2.png\nm,1,2,NaN,cat,cat,NaN,cat1-bird2.png\n"
+    )
     assert sb.shape_bias_from_csv(path) == 0.5
 
 
@@ -159,12 +162,12 @@ def test_every_published_file_is_reproduced(reference_dir):
     ("name", "shape", "texture"),
     [
         # counts of shape and texture decisions over the 1,200 conflict trials of each file
-        ("cue-conflict_AlexNet-normal_session-1.csv", 181, 575),    # ~0.24 dense (paper)
-        ("cue-conflict_AlexNet-topK-10_session-1.csv", 277, 108),   # ~0.72 with Top-K (paper)
+        ("cue-conflict_AlexNet-normal_session-1.csv", 181, 575),  # ~0.24 dense (paper)
+        ("cue-conflict_AlexNet-topK-10_session-1.csv", 277, 108),  # ~0.72 with Top-K (paper)
         ("cue-conflict_AlexNet-topK-10-Revert_session-1.csv", 66, 263),
         ("cue-conflict_VGG-normal_session-1.csv", 77, 892),
         ("cue-conflict_VGG-topK-5_session-1.csv", 236, 168),
-        ("cue-conflict_subject-01_session_1.csv", 829, 33),         # human: 'na' answers, long names
+        ("cue-conflict_subject-01_session_1.csv", 829, 33),  # human: 'na' answers, long names
     ],
 )
 def test_published_values(reference_dir, name, shape, texture):

@@ -52,12 +52,18 @@ def test_loader_gives_normalised_224_images(tmp_path):
         (lambda root: None, "does not exist"),
         (lambda root: root.mkdir(), "no category folders"),
         (lambda root: (root / "train").mkdir(parents=True), "train.*not categories.*expected <shape>/"),
-        (lambda root: (root / "dog").mkdir(parents=True) or (root / "dog" / "photo.jpg").write_bytes(b"x"),
-         "photo.jpg is not a cue-conflict image name: expected dogN-<texture>M.png"),
-        (lambda root: (root / "dog").mkdir(parents=True) or (root / "dog" / "dog1-zebra1.png").write_bytes(b"x"),
-         "dog1-zebra1.png is not a cue-conflict image name"),
-        (lambda root: (root / "dog").mkdir(parents=True) or (root / "dog" / "cat1-dog1.png").write_bytes(b"x"),
-         "cat1-dog1.png is not a cue-conflict image name"),
+        (
+            lambda root: (root / "dog").mkdir(parents=True) or (root / "dog" / "photo.jpg").write_bytes(b"x"),
+            "photo.jpg is not a cue-conflict image name: expected dogN-<texture>M.png",
+        ),
+        (
+            lambda root: (root / "dog").mkdir(parents=True) or (root / "dog" / "dog1-zebra1.png").write_bytes(b"x"),
+            "dog1-zebra1.png is not a cue-conflict image name",
+        ),
+        (
+            lambda root: (root / "dog").mkdir(parents=True) or (root / "dog" / "cat1-dog1.png").write_bytes(b"x"),
+            "cat1-dog1.png is not a cue-conflict image name",
+        ),
         (lambda root: (root / "dog").mkdir(parents=True), "holds no images"),
     ],
 )
@@ -113,8 +119,13 @@ def test_fetch_downloads_checks_and_extracts(tmp_path, monkeypatch, capsys):
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(src, arcname="cue-conflict")
     digest, count = fetch.tree_digest(src)
-    entry = {**fetch.SOURCES["cue-conflict"], "url": archive.as_uri(), "tree_sha256": digest, "files": count,
-             "sha256": fetch.file_sha256(archive)}
+    entry = {
+        **fetch.SOURCES["cue-conflict"],
+        "url": archive.as_uri(),
+        "tree_sha256": digest,
+        "files": count,
+        "sha256": fetch.file_sha256(archive),
+    }
     monkeypatch.setitem(fetch.SOURCES, "cue-conflict", entry)
     assert fetch.main(["fetch", "cue-conflict", "--dest", str(tmp_path / "home")]) == 0
     out = tmp_path / "home" / "cue-conflict"

@@ -129,8 +129,9 @@ def test_pretrained_weights_found_in_the_torch_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     source = S.build_vgg19("random", ("relu1_1",), seed=5)
     (tmp_path / "checkpoints").mkdir()
-    torch.save({f"features.{k}": v for k, v in source.features.state_dict().items()},
-               tmp_path / "checkpoints" / S.VGG19_FILE)
+    torch.save(
+        {f"features.{k}": v for k, v in source.features.state_dict().items()}, tmp_path / "checkpoints" / S.VGG19_FILE
+    )
     model = S.build_vgg19("pretrained", ("relu1_1",), seed=6)
     assert model.weights == "pretrained"
     assert torch.equal(model.features[0].weight, source.features[0].weight)
@@ -168,8 +169,17 @@ def test_minimum_image_size_follows_the_deepest_layer():
 @pytest.mark.parametrize("mask", S.MASKS)
 def test_loss_falls_over_lbfgs_steps(small_model, target, method, mask):
     seen = []
-    res = S.synthesize(small_model, target, mask=mask, method=method, k=0.2, steps=3, iterations_per_step=3,
-                       seed=0, on_step=lambda step, loss: seen.append((step, loss)))
+    res = S.synthesize(
+        small_model,
+        target,
+        mask=mask,
+        method=method,
+        k=0.2,
+        steps=3,
+        iterations_per_step=3,
+        seed=0,
+        on_step=lambda step, loss: seen.append((step, loss)),
+    )
     assert [s for s, _ in seen] == list(range(len(res.losses)))
     assert len(res.losses) == 4  # the start and three outer steps
     assert [loss for _, loss in seen] == res.losses
@@ -241,10 +251,10 @@ def test_edge_correlation_sees_a_shifted_edge_less():
 
 
 def test_skimage_samples_load_as_rgb():
-    (name, cat), = S.load_images("skimage:chelsea")
+    ((name, cat),) = S.load_images("skimage:chelsea")
     assert name == "chelsea" and cat.shape == (300, 451, 3) and cat.dtype == np.float64
     assert 0 <= cat.min() and cat.max() <= 1
-    (_, camera), = S.load_images("skimage:camera")  # grey -> three equal channels
+    ((_, camera),) = S.load_images("skimage:camera")  # grey -> three equal channels
     assert camera.shape[2] == 3 and np.array_equal(camera[..., 0], camera[..., 2])
     with pytest.raises(ConfigError, match="image='skimage:dog'.*skimage:chelsea"):
         S.load_images("skimage:dog")
@@ -259,7 +269,7 @@ def test_files_and_folders(tmp_path):
         Image.fromarray(np.full((20, 24, 3), 40 * i, np.uint8)).save(folder / name)
     (folder / "notes.txt").write_text("not an image")
     assert [n for n, _ in S.load_images(str(folder))] == ["a", "b"]
-    (name, image), = S.load_images(str(folder / "b.png"))
+    ((name, image),) = S.load_images(str(folder / "b.png"))
     assert name == "b" and image.shape == (20, 24, 3)
     with pytest.raises(DataError, match="does not exist"):
         S.load_images(str(tmp_path / "missing.png"))

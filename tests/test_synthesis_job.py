@@ -15,8 +15,18 @@ from shapebias import tracking
 from shapebias.settings import REPO_ROOT
 from training import texture_synthesis as job
 
-TINY = ["--image-size", "16", "--steps", "2", "--iterations-per-step", "3", "--layers", "relu1_1,pool1,pool2",
-        "--topk", "0.2"]
+TINY = [
+    "--image-size",
+    "16",
+    "--steps",
+    "2",
+    "--iterations-per-step",
+    "3",
+    "--layers",
+    "relu1_1,pool1,pool2",
+    "--topk",
+    "0.2",
+]
 
 
 def _only_run(uri: str):
@@ -79,8 +89,20 @@ def test_logged_optimizer_steps_and_layers_are_what_ran(mlflow_store, monkeypatc
 
     monkeypatch.setattr(torch.optim, "LBFGS", Spy)
     monkeypatch.setattr(synthesis.VGGFeatures, "forward", forward)
-    argv = ["--image-size", "16", "--steps", "2.0", "--iterations-per-step", "3", "--layers", "pool2, relu1_1,pool1",
-            "--weights", "random", "--image", "skimage:chelsea"]
+    argv = [
+        "--image-size",
+        "16",
+        "--steps",
+        "2.0",
+        "--iterations-per-step",
+        "3",
+        "--layers",
+        "pool2, relu1_1,pool1",
+        "--weights",
+        "random",
+        "--image",
+        "skimage:chelsea",
+    ]
     assert job.main(argv) == 0
     _, run = _only_run(mlflow_store)
     p = run.data.params
@@ -136,9 +158,14 @@ def test_bad_input_fails_the_run_with_exit_status_2(mlflow_store, tmp_path, monk
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     cases = [([*TINY, "--weights", "random", *args], message) for args, message in BAD_INPUT]
     cases += [
-        ([*TINY, "--weights", "random", "--image", str(tmp_path / "tiny.png")],
-         "6x6 px, too small for layers relu1_1,pool1,pool2"),
-        ([*TINY, "--image", "skimage:chelsea"], f"vgg19-dcbb9e9d.pth are missing from {tmp_path / 'hub' / 'checkpoints'}"),
+        (
+            [*TINY, "--weights", "random", "--image", str(tmp_path / "tiny.png")],
+            "6x6 px, too small for layers relu1_1,pool1,pool2",
+        ),
+        (
+            [*TINY, "--image", "skimage:chelsea"],
+            f"vgg19-dcbb9e9d.pth are missing from {tmp_path / 'hub' / 'checkpoints'}",
+        ),
         ([*TINY, "--weights", str(tmp_path / "mine.pth")], f"weights file {tmp_path / 'mine.pth'} does not exist"),
     ]
     client = MlflowClient(mlflow_store)
@@ -146,8 +173,11 @@ def test_bad_input_fails_the_run_with_exit_status_2(mlflow_store, tmp_path, monk
         assert job.main(argv) == 2, argv
         lines = capsys.readouterr().err.splitlines()
         assert any(line.startswith("error: ") and message in line for line in lines), (message, lines)
-        run = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                 order_by=["attributes.start_time DESC"], max_results=1)[0]
+        run = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )[0]
         assert run.info.status == "FAILED", argv
         assert message in run.data.tags[tracking.ERROR_TAG]
         is_random = "random" in argv

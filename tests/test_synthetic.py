@@ -59,7 +59,12 @@ def test_texture_and_shape_each_predict_the_class():
 
 @pytest.mark.parametrize(
     "args, word",
-    [((1, 4, 32), "synthetic_classes"), ((MAX_CLASSES + 1, 4, 32), "synthetic_classes"), ((3, 0, 32), "per class"), ((3, 4, 8), "image_size")],
+    [
+        ((1, 4, 32), "synthetic_classes"),
+        ((MAX_CLASSES + 1, 4, 32), "synthetic_classes"),
+        ((3, 0, 32), "per class"),
+        ((3, 4, 8), "image_size"),
+    ],
 )
 def test_bad_sizes(args, word):
     with pytest.raises(ConfigError, match=word):

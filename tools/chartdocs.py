@@ -89,25 +89,27 @@ def readme(chart: dict, values: dict, docs: dict[str, str]) -> str:
         f"| `{path}` | {type_name(lookup(values, path))} | `{cell(json.dumps(lookup(values, path)))}` | {cell(text)} |"
         for path, text in docs.items()
     ]
-    return "\n".join([
-        f"# {chart['name']}",
-        "",
-        " ".join(chart["description"].split()),
-        "",
-        f"Chart version {chart['version']}, app version {chart['appVersion']}, Kubernetes `{chart['kubeVersion']}`. "
-        "How to install it, the Secrets it reads, Pod Security and image pinning: "
-        "[docs/deploy.md](../../../docs/deploy.md).",
-        "",
-        "This file is generated from the `# --` comments of values.yaml by `make chart-docs` "
-        "(`python -m tools.devtools chart-docs`); do not edit it.",
-        "",
-        "## Values",
-        "",
-        "| Key | Type | Default | Description |",
-        "|-----|------|---------|-------------|",
-        *rows,
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# {chart['name']}",
+            "",
+            " ".join(chart["description"].split()),
+            "",
+            f"Chart version {chart['version']}, app version {chart['appVersion']}, Kubernetes `{chart['kubeVersion']}`. "
+            "How to install it, the Secrets it reads, Pod Security and image pinning: "
+            "[docs/deploy.md](../../../docs/deploy.md).",
+            "",
+            "This file is generated from the `# --` comments of values.yaml by `make chart-docs` "
+            "(`python -m tools.devtools chart-docs`); do not edit it.",
+            "",
+            "## Values",
+            "",
+            "| Key | Type | Default | Description |",
+            "|-----|------|---------|-------------|",
+            *rows,
+            "",
+        ]
+    )
 
 
 def schema_node(schema: dict, path: str) -> dict | None:

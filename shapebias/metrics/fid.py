@@ -42,9 +42,7 @@ from shapebias.errors import ConfigError, WeightsError, check_choice
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_SHA256_PREFIX = "6726825d"
-INCEPTION_URL = (
-    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + INCEPTION_FILE
-)
+INCEPTION_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + INCEPTION_FILE
 DIMS = 2048
 
 
@@ -126,8 +124,13 @@ def check_dims(dims) -> int:
     return int(dims)
 
 
-def load_inception(weights: str | os.PathLike, device: str | torch.device = "cpu", normalize_input: bool = True,
-                   dims: int = DIMS, resize_input: bool = True):
+def load_inception(
+    weights: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    normalize_input: bool = True,
+    dims: int = DIMS,
+    resize_input: bool = True,
+):
     """pytorch-fid's ``InceptionV3`` with the weights in ``weights``.
 
     ``dims`` picks pytorch-fid's feature block: 2048 (pool3, the FID) or 64/192/768 (earlier
@@ -145,8 +148,9 @@ def load_inception(weights: str | os.PathLike, device: str | torch.device = "cpu
 
     with _inception_state_from(load):
         try:
-            model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[dims]], resize_input=resize_input,
-                                normalize_input=normalize_input)
+            model = InceptionV3(
+                [InceptionV3.BLOCK_INDEX_BY_DIM[dims]], resize_input=resize_input, normalize_input=normalize_input
+            )
         except RuntimeError as exc:  # state dict does not fit the architecture
             raise WeightsError(f"{weights} is not a pytorch-fid Inception state dict: {str(exc)[:300]}") from None
     model.fid_dims = dims
@@ -265,9 +269,18 @@ class FidEvaluator:
     best; :attr:`last_scores` keeps them all and :attr:`samples_drawn` counts the images drawn.
     """
 
-    def __init__(self, reference_files: list[Path], im_size: int, weights, protocol: str | FidProtocol,
-                 device="cpu", n_samples: int | None = None, sample_batch: int = 8, dims: int = DIMS,
-                 batch_size: int = 50) -> None:
+    def __init__(
+        self,
+        reference_files: list[Path],
+        im_size: int,
+        weights,
+        protocol: str | FidProtocol,
+        device="cpu",
+        n_samples: int | None = None,
+        sample_batch: int = 8,
+        dims: int = DIMS,
+        batch_size: int = 50,
+    ) -> None:
         self.protocol = protocol if isinstance(protocol, FidProtocol) else get_protocol(protocol)
         self.sample_batch = int(sample_batch)
         self.n_samples = int(n_samples or self.protocol.n_samples)
@@ -288,8 +301,9 @@ class FidEvaluator:
             self.samples_drawn += len(images)
             return images
 
-        self.last_scores = [self._impl.score(counted, self.n_samples, self.sample_batch)
-                            for _ in range(self.protocol.repeats)]
+        self.last_scores = [
+            self._impl.score(counted, self.n_samples, self.sample_batch) for _ in range(self.protocol.repeats)
+        ]
         return min(self.last_scores)
 
     def close(self) -> None:

@@ -81,8 +81,9 @@ def inception_input(pixels: torch.Tensor) -> torch.Tensor:
 class AuthorsScorer:
     """One evaluation of the authors' protocol; the reference statistics are computed once."""
 
-    def __init__(self, reference_files, im_size: int, weights, device="cpu", dims: int = DIMS,
-                 batch_size: int = 50) -> None:
+    def __init__(
+        self, reference_files, im_size: int, weights, device="cpu", dims: int = DIMS, batch_size: int = 50
+    ) -> None:
         self.model = load_inception(weights, device, normalize_input=False, resize_input=False, dims=dims)
         self.im_size, self.device, self.batch_size = im_size, device, batch_size
         real = torch.stack([real_pixels(f, im_size) for f in reference_files])
@@ -92,7 +93,7 @@ class AuthorsScorer:
     def features(self, pixels: torch.Tensor) -> np.ndarray:
         out = []
         for i in range(0, len(pixels), self.batch_size):
-            x = inception_input(pixels[i:i + self.batch_size].to(self.device))
+            x = inception_input(pixels[i : i + self.batch_size].to(self.device))
             f = self.model(x)[0]
             if f.shape[2:] != (1, 1):
                 f = F.adaptive_avg_pool2d(f, (1, 1))

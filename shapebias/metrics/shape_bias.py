@@ -151,8 +151,12 @@ def read_results_csv(path: str | Path):
     if not path.is_file():
         raise DataError(f"result CSV {path} does not exist")
     try:
-        df = pd.read_csv(path, dtype={"object_response": str, "category": str, "imagename": str,
-                                      "subj": str}, keep_default_na=False, na_values=[])
+        df = pd.read_csv(
+            path,
+            dtype={"object_response": str, "category": str, "imagename": str, "subj": str},
+            keep_default_na=False,
+            na_values=[],
+        )
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} is not a readable CSV file: {exc}") from None
     df.columns = [str(c).strip().lower() for c in df.columns]
@@ -233,8 +237,21 @@ def finite(metrics: Mapping[str, float]) -> dict[str, float]:
 
 
 __all__ = [
-    "RESULT_COLUMNS", "analyse", "analyse_csv", "cue_accuracies", "cues_of_frame",
-    "finite", "is_human", "pooled", "read_results_csv", "read_results_dir", "results_filename",
-    "shape_bias_by_category", "shape_bias_from_csv", "shape_bias_score", "shape_category_of_name",
-    "texture_category", "write_results_csv",
+    "RESULT_COLUMNS",
+    "analyse",
+    "analyse_csv",
+    "cue_accuracies",
+    "cues_of_frame",
+    "finite",
+    "is_human",
+    "pooled",
+    "read_results_csv",
+    "read_results_dir",
+    "results_filename",
+    "shape_bias_by_category",
+    "shape_bias_from_csv",
+    "shape_bias_score",
+    "shape_category_of_name",
+    "texture_category",
+    "write_results_csv",
 ]

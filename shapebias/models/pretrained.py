@@ -34,8 +34,8 @@ class PretrainedSpec:
 
     name: str
     builder: Callable[[], nn.Module]
-    weights_file: str              # torchvision's checkpoint file name
-    url: str                       # where users download it from
+    weights_file: str  # torchvision's checkpoint file name
+    url: str  # where users download it from
     insert_after: tuple[int, ...]  # indices in ``model.features`` after which Top-K is inserted
     insert_names: tuple[str, ...]  # the paper's names for those points
 

@@ -19,13 +19,20 @@ WEIGHTS = Setting("pretrained", "torchvision's ImageNet weights, as model-vs-hum
 LIMIT = Setting(0, cite(MODEL_VS_HUMAN, "all 1,280 cue-conflict images"))
 
 IMPLIED = {
-    "topk_placement": Setting("AlexNet: after max-pool 1, max-pool 2, conv3, conv4 and the last max-pool; "
-                              "VGG-16: after each of its five max-pools", AUTHORS_INFERENCE),
-    "decision_rule": Setting("ImageNet logits mapped to the 16 categories; shape / (shape + texture) over the "
-                             "trials whose shape and texture classes differ", MODEL_VS_HUMAN),
+    "topk_placement": Setting(
+        "AlexNet: after max-pool 1, max-pool 2, conv3, conv4 and the last max-pool; "
+        "VGG-16: after each of its five max-pools",
+        AUTHORS_INFERENCE,
+    ),
+    "decision_rule": Setting(
+        "ImageNet logits mapped to the 16 categories; shape / (shape + texture) over the "
+        "trials whose shape and texture classes differ",
+        MODEL_VS_HUMAN,
+    ),
 }
-DEVIATIONS = ("The authors' VGG-topK0 ... VGG-topK10 and VGG-topK decision files name no documented level and "
-              "have no protocol.",)
+DEVIATIONS = (
+    "The authors' VGG-topK0 ... VGG-topK10 and VGG-topK decision files name no documented level and have no protocol.",
+)
 
 
 def _file(model: str, sparsity: str, level: float | None) -> str:
@@ -43,10 +50,20 @@ def protocol(model: str, sparsity: str, level: float | None = None) -> Protocol:
     settings.update(weights=WEIGHTS, limit=LIMIT)
     name = f"fig1.{model}.{sparsity}" + ("" if level is None else f".{level * 100:g}")
     title = f"{model} {TITLE[sparsity]}" + ("" if level is None else f", k = {level * 100:g} %")
-    return Protocol(name=name, task="shape_bias", table=TABLE, title=title, settings=settings,
-                    implied=IMPLIED, deviations=DEVIATIONS)
+    return Protocol(
+        name=name,
+        task="shape_bias",
+        table=TABLE,
+        title=title,
+        settings=settings,
+        implied=IMPLIED,
+        deviations=DEVIATIONS,
+    )
 
 
 def protocols() -> list[Protocol]:
-    return [protocol(model, sparsity, level) for model, sparsity in SWEEPS
-            for level in ((None,) if sparsity == "none" else LEVELS)]
+    return [
+        protocol(model, sparsity, level)
+        for model, sparsity in SWEEPS
+        for level in ((None,) if sparsity == "none" else LEVELS)
+    ]

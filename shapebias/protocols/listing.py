@@ -1,8 +1,8 @@
 """``shapebias protocols``: list the published experiments and their settings.
 
-    shapebias protocols                        one line per protocol: name, job, settings
-    shapebias protocols table1                 the protocols whose name starts with table1
-    shapebias protocols table1.code.topk.IN-S1 one protocol in full: each value and its source
+shapebias protocols                        one line per protocol: name, job, settings
+shapebias protocols table1                 the protocols whose name starts with table1
+shapebias protocols table1.code.topk.IN-S1 one protocol in full: each value and its source
 """
 
 from __future__ import annotations
@@ -14,11 +14,17 @@ from shapebias.protocols import REGISTRY, Protocol
 
 
 def detail(p: Protocol) -> str:
-    lines = [f"{p.name}: {p.title}", f"  job: {p.task}    table: {p.table}",
-             f"  flags: --protocol {p.name}  (= {' '.join(p.cli_args())})", "  settings:"]
+    lines = [
+        f"{p.name}: {p.title}",
+        f"  job: {p.task}    table: {p.table}",
+        f"  flags: --protocol {p.name}  (= {' '.join(p.cli_args())})",
+        "  settings:",
+    ]
     width = max(map(len, [*p.settings, *p.implied]))
-    lines += [f"    {k:<{width}}  {v}    [{s.source}]" for k, (v, s) in
-              ((k, (p.values()[k], s)) for k, s in p.settings.items())]
+    lines += [
+        f"    {k:<{width}}  {v}    [{s.source}]"
+        for k, (v, s) in ((k, (p.values()[k], s)) for k, s in p.settings.items())
+    ]
     if p.implied:
         lines.append("  fixed in the job's code under these settings:")
         lines += [f"    {k:<{width}}  {s.value}    [{s.source}]" for k, s in p.implied.items()]

@@ -108,11 +108,11 @@ def flags(values: Mapping[str, Any]) -> list[str]:
 class Check:
     """How a run stands against the protocol it claims."""
 
-    claimed: str                               # the name, or "none"
-    protocol: Protocol | None                  # the claimed protocol, when it exists
-    fingerprint: str                           # of the run's effective settings
-    differences: dict[str, tuple[str, str]]    # setting -> (run's value, protocol's value)
-    reason: str = ""                           # why it is off-protocol ("" when on)
+    claimed: str  # the name, or "none"
+    protocol: Protocol | None  # the claimed protocol, when it exists
+    fingerprint: str  # of the run's effective settings
+    differences: dict[str, tuple[str, str]]  # setting -> (run's value, protocol's value)
+    reason: str = ""  # why it is off-protocol ("" when on)
 
     @property
     def on_protocol(self) -> bool:
@@ -127,14 +127,18 @@ class Check:
 
 def describe_differences(differences: Mapping[str, tuple[str, str]]) -> str:
     """``epochs=1 (protocol: 50), lr=0.05 (protocol: 0.1)``."""
-    return ", ".join(f"{k}={ours or '(none)'} (protocol: {theirs or '(none)'})"
-                     for k, (ours, theirs) in differences.items())
+    return ", ".join(
+        f"{k}={ours or '(none)'} (protocol: {theirs or '(none)'})" for k, (ours, theirs) in differences.items()
+    )
 
 
 def differences(expected: Mapping[str, str], actual: Mapping[str, str]) -> dict[str, tuple[str, str]]:
     """Setting -> (actual, expected) for every setting whose values differ (either side may lack it)."""
-    return {k: (actual.get(k, ""), expected.get(k, "")) for k in sorted({*expected, *actual}, key=_order(expected))
-            if actual.get(k, "") != expected.get(k, "")}
+    return {
+        k: (actual.get(k, ""), expected.get(k, ""))
+        for k in sorted({*expected, *actual}, key=_order(expected))
+        if actual.get(k, "") != expected.get(k, "")
+    }
 
 
 def _order(expected: Mapping[str, str]) -> Callable[[str], tuple[int, str]]:

@@ -9,8 +9,16 @@ table.
 from __future__ import annotations
 
 from shapebias.protocols.model import Protocol, Setting
-from shapebias.protocols.sources import (AUTHORS_SCRIPTS, AUTHORS_TRAIN, PRIOR_DATA, PRIOR_MODEL, PRIOR_REPORT, PRIOR_TRAIN,
-                                         TORCHBEARER, cite)
+from shapebias.protocols.sources import (
+    AUTHORS_SCRIPTS,
+    AUTHORS_TRAIN,
+    PRIOR_DATA,
+    PRIOR_MODEL,
+    PRIOR_REPORT,
+    PRIOR_TRAIN,
+    TORCHBEARER,
+    cite,
+)
 
 TABLE = "table1"
 SPECS = ("code", "paper")
@@ -20,8 +28,11 @@ SPEC_LABEL = {"code": "CS", "paper": "PS"}
 SPARSITY_LABEL = {"none": "", "topk": " w. Top-K", "topk_mean": " w. Top-K Mean Rpl."}
 SPARSITY_FLAG = {"none": "none", "topk": "top_k", "topk_mean": "top_k_mean_replace"}
 
-EPOCHS = Setting(50, cite(PRIOR_TRAIN, "--epochs default 50") + "; its second trial.run(epochs=50) trains no "
-                 "epoch: " + cite(TORCHBEARER, "run starts at epoch len(history) = 50"))
+EPOCHS = Setting(
+    50,
+    cite(PRIOR_TRAIN, "--epochs default 50") + "; its second trial.run(epochs=50) trains no "
+    "epoch: " + cite(TORCHBEARER, "run starts at epoch len(history) = 50"),
+)
 BATCH = Setting(32, cite(PRIOR_TRAIN, "--batch_size default 32") + "; also " + cite(AUTHORS_SCRIPTS, "--batch_size 32"))
 LR = Setting(0.1, cite(PRIOR_TRAIN, "optim.SGD(..., lr=0.1) for both specs"))
 STRIDE = Setting(2, cite(PRIOR_MODEL, "conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1)"))
@@ -35,17 +46,26 @@ def _implied(spec: str, sparsity: str) -> dict[str, Setting]:
     out = {
         "momentum": Setting(0.9 if code else 0.0, cite(PRIOR_TRAIN, "CS: momentum=0.9; PS: plain SGD")),
         "weight_decay": Setting(5e-4 if code else 0.0, cite(PRIOR_TRAIN, "CS: weight_decay=5e-4; PS: none")),
-        "schedule": Setting("cosine to 0 over the epochs, stepped once per epoch",
-                            cite(PRIOR_TRAIN, "torchbearer CosineAnnealingLR(T_max=epochs), stepped on_end_epoch")),
-        "fc_in_features": Setting(512 * 7 * 7 if code else 512,
-                                  cite(PRIOR_MODEL, "CS: avg_pool2d(output, 2), fc 512*7*7; PS: adaptive_avg_pool2d, fc 512")),
+        "schedule": Setting(
+            "cosine to 0 over the epochs, stepped once per epoch",
+            cite(PRIOR_TRAIN, "torchbearer CosineAnnealingLR(T_max=epochs), stepped on_end_epoch"),
+        ),
+        "fc_in_features": Setting(
+            512 * 7 * 7 if code else 512,
+            cite(PRIOR_MODEL, "CS: avg_pool2d(output, 2), fc 512*7*7; PS: adaptive_avg_pool2d, fc 512"),
+        ),
         "train_transform": Setting("RandomResizedCrop(224), RandomHorizontalFlip, ImageNet mean/std", PRIOR_DATA),
         "test_transform": Setting("Resize(256), CenterCrop(224), ImageNet mean/std", PRIOR_DATA),
-        "reported_epoch": Setting("final", cite(PRIOR_TRAIN, "trial.evaluate on the test and stylised folders after training")),
+        "reported_epoch": Setting(
+            "final", cite(PRIOR_TRAIN, "trial.evaluate on the test and stylised folders after training")
+        ),
     }
     if sparsity != "none":
-        rule = ("keep the int(k*H*W) largest |values| per sample and channel, zero the rest" if sparsity == "topk" else
-                "keep as Top-K, then write sum(kept) / kept count where the kept value is non-zero")
+        rule = (
+            "keep the int(k*H*W) largest |values| per sample and channel, zero the rest"
+            if sparsity == "topk"
+            else "keep as Top-K, then write sum(kept) / kept count where the kept value is non-zero"
+        )
         out["topk_rule"] = Setting(rule, cite(PRIOR_MODEL, "top_k"))
     return out
 
@@ -57,7 +77,9 @@ DEVIATIONS = (
     "Test images: ImageNet's val/ images of the subset's classes; the prior reproduction read its own test/ and stylised_test/ "
     "folders from that zip. The stylized test set comes from --stylized-dir.",
     "Random seeds, data order and cuDNN non-determinism differ from the prior reproduction's unseeded runs.",
-    "The authors (" + AUTHORS_TRAIN + ") train at stem stride 1 and keep the best epoch; the prior reproduction's table, and "
+    "The authors ("
+    + AUTHORS_TRAIN
+    + ") train at stem stride 1 and keep the best epoch; the prior reproduction's table, and "
     "these protocols, use stride 2 and the final epoch (best-epoch accuracies are logged as best_test_acc and "
     "best_stylized_acc).",
 )
@@ -71,14 +93,23 @@ def protocol(spec: str, sparsity: str, dataset: str) -> Protocol:
     }
     if sparsity != "none":
         settings.update(topk=TOPK, topk_layers=LAYERS)
-    settings.update({
-        "dataset": Setting(dataset, cite(PRIOR_REPORT, "Table 1 column")),
-        "epochs": EPOCHS, "batch_size": BATCH, "lr": LR, "num_workers": WORKERS,
-    })
+    settings.update(
+        {
+            "dataset": Setting(dataset, cite(PRIOR_REPORT, "Table 1 column")),
+            "epochs": EPOCHS,
+            "batch_size": BATCH,
+            "lr": LR,
+            "num_workers": WORKERS,
+        }
+    )
     return Protocol(
-        name=f"{TABLE}.{spec}.{sparsity}.{dataset}", task="train_resnet", table=TABLE,
+        name=f"{TABLE}.{spec}.{sparsity}.{dataset}",
+        task="train_resnet",
+        table=TABLE,
         title=f"{SPEC_LABEL[spec]} ResNet-18{SPARSITY_LABEL[sparsity]} on {dataset}",
-        settings=settings, implied=_implied(spec, sparsity), deviations=DEVIATIONS,
+        settings=settings,
+        implied=_implied(spec, sparsity),
+        deviations=DEVIATIONS,
     )
 
 

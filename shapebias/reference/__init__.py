@@ -43,7 +43,11 @@ def load(name: str) -> pd.DataFrame:
     """One published table as a DataFrame (values as in the publication: percent, FID)."""
     if name not in TABLES:
         raise ValueError(f"unknown reference table {name!r}; known: {', '.join(TABLES)}")
-    return pd.read_csv(REFERENCE_DIR / f"{name}.csv", dtype={"topk": str, "noise_injection": str, "reproduces": str}, keep_default_na=False)
+    return pd.read_csv(
+        REFERENCE_DIR / f"{name}.csv",
+        dtype={"topk": str, "noise_injection": str, "reproduces": str},
+        keep_default_na=False,
+    )
 
 
 # --- the shape-bias reference, computed from the authors' raw decisions ----------------------
@@ -67,8 +71,13 @@ def describe_decision_maker(maker: str) -> dict[str, str]:
     model = _MODELS[m["net"].lower()]
     rest = m["rest"]
     if m["net"] == "alexnet":  # a lower-case second file of the dense AlexNet's decisions
-        return {"model": model, "sparsity": "none", "topk": "1.0", "reproduces": "false",
-                "note": "lower-case duplicate; AlexNet-normal is the reference"}
+        return {
+            "model": model,
+            "sparsity": "none",
+            "topk": "1.0",
+            "reproduces": "false",
+            "note": "lower-case duplicate; AlexNet-normal is the reference",
+        }
     if rest == "normal":
         return {"model": model, "sparsity": "none", "topk": "1.0", "reproduces": "true", "note": ""}
     lv = re.fullmatch(r"topK-(?P<pct>\d+)(?P<revert>-Revert)?", rest)
@@ -80,8 +89,13 @@ def describe_decision_maker(maker: str) -> dict[str, str]:
             "reproduces": "true",
             "note": "",
         }
-    return {"model": model, "sparsity": "topk", "topk": "", "reproduces": "false",
-            "note": f"level of '{rest}' not documented by the authors"}
+    return {
+        "model": model,
+        "sparsity": "topk",
+        "topk": "",
+        "reproduces": "false",
+        "note": f"level of '{rest}' not documented by the authors",
+    }
 
 
 def _shape_bias_counts(path: Path) -> tuple[float, int, int]:
@@ -113,26 +127,39 @@ def build_shape_bias_reference(raw_dir: Path) -> pd.DataFrame:
         if m is None:
             continue
         _, n_shape, n_texture = _shape_bias_counts(path)
-        rows.append({
-            "decision_maker": m["maker"],
-            "file": path.name,
-            **describe_decision_maker(m["maker"]),
-            "shape_bias": round(shape_bias_of_file(path), 6),
-            "n_shape": n_shape,
-            "n_texture": n_texture,
-        })
+        rows.append(
+            {
+                "decision_maker": m["maker"],
+                "file": path.name,
+                **describe_decision_maker(m["maker"]),
+                "shape_bias": round(shape_bias_of_file(path), 6),
+                "n_shape": n_shape,
+                "n_texture": n_texture,
+            }
+        )
     if not rows:
         raise FileNotFoundError(f"no model-vs-human result CSVs (cue-conflict_*_session-1.csv) in {raw_dir}")
-    cols = ["decision_maker", "file", "model", "sparsity", "topk", "shape_bias", "n_shape", "n_texture",
-            "reproduces", "note"]
+    cols = [
+        "decision_maker",
+        "file",
+        "model",
+        "sparsity",
+        "topk",
+        "shape_bias",
+        "n_shape",
+        "n_texture",
+        "reproduces",
+        "note",
+    ]
     return pd.DataFrame(rows)[cols]
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m shapebias.reference RAW_DECISIONS_DIR  (rewrites li2023_shape_bias.csv)",
-              file=sys.stderr)
+        print(
+            "usage: python -m shapebias.reference RAW_DECISIONS_DIR  (rewrites li2023_shape_bias.csv)", file=sys.stderr
+        )
         return 2
     df = build_shape_bias_reference(Path(argv[0]))
     out = REFERENCE_DIR / "li2023_shape_bias.csv"

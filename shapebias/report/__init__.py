@@ -20,5 +20,16 @@ from shapebias.report.render import render_html, render_markdown, render_text, w
 from shapebias.report.runs import Run, canonical_value, dataset_of
 from shapebias.report.tables import Section, TableResult
 
-__all__ = ["Report", "Run", "Section", "TableResult", "build_report", "canonical_value", "dataset_of",
-           "render_html", "render_markdown", "render_text", "write_outputs"]
+__all__ = [
+    "Report",
+    "Run",
+    "Section",
+    "TableResult",
+    "build_report",
+    "canonical_value",
+    "dataset_of",
+    "render_html",
+    "render_markdown",
+    "render_text",
+    "write_outputs",
+]

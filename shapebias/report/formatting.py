@@ -38,8 +38,10 @@ def accuracy_cell(cell: Cell) -> str:
     if cell.n == 1:
         text = f"{percent(cell.mean('test_acc'))} ({percent(cell.mean('stylized_acc'))})"
     else:
-        text = (f"{percent(cell.mean('test_acc'))} ± {percent(cell.std('test_acc'))} "
-                f"({percent(cell.mean('stylized_acc'))} ± {percent(cell.std('stylized_acc'))})")
+        text = (
+            f"{percent(cell.mean('test_acc'))} ± {percent(cell.std('test_acc'))} "
+            f"({percent(cell.mean('stylized_acc'))} ± {percent(cell.std('stylized_acc'))})"
+        )
     return text if cell.n == 3 else f"{text} n={cell.n}"
 
 

@@ -25,10 +25,13 @@ VERDICT_NOTE = (
     "correlation of shape bias with k, one-sided. Each claim is one family: its p-values are adjusted with "
     f"Holm's step-down method across the cells where it was tested ('p (Holm)'); adjusted p < {stats.ALPHA} = "
     f"holds. 'p' is the unadjusted value. With one seed in either group there is no test: '{stats.ONE_SEED}' "
-    "(the direction is still reported). 'published difference' is the same difference in the published table.")
+    "(the direction is still reported). 'published difference' is the same difference in the published table."
+)
 VERDICT_COLOURS = {"holds": "background-color: #d9f2d9", "contradicted": "background-color: #f6d3d3"}
-PAGE_STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-              "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#eee}")
+PAGE_STYLE = (
+    "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+    "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#eee}"
+)
 
 
 def all_sections(report: Report) -> list[Section]:
@@ -44,23 +47,27 @@ def text_table(df: pd.DataFrame) -> str:
     """Left-aligned columns two spaces apart, a rule under the header."""
     if df.empty:
         return "(empty)"
-    return df.to_markdown(index=False, tablefmt="simple", disable_numparse=True, stralign="left",
-                          numalign="left", missingval=MISSING)
+    return df.to_markdown(
+        index=False, tablefmt="simple", disable_numparse=True, stralign="left", numalign="left", missingval=MISSING
+    )
 
 
 def markdown_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "_(empty)_"
     escaped = df.map(lambda v: str(v).replace("|", "\\|")).rename(columns=lambda c: str(c).replace("|", "\\|"))
-    return escaped.to_markdown(index=False, tablefmt="pipe", disable_numparse=True, stralign="left",
-                               numalign="left", missingval=MISSING)
+    return escaped.to_markdown(
+        index=False, tablefmt="pipe", disable_numparse=True, stralign="left", numalign="left", missingval=MISSING
+    )
 
 
 def html_table(section: Section) -> str:
     styler = section.table.style.hide(axis="index").format(na_rep=MISSING, escape="html")
     if section.key == "verdicts" and not section.table.empty:
-        styler = styler.map(lambda v: next((css for start, css in VERDICT_COLOURS.items()
-                                            if str(v).startswith(start)), ""), subset=["verdict"])
+        styler = styler.map(
+            lambda v: next((css for start, css in VERDICT_COLOURS.items() if str(v).startswith(start)), ""),
+            subset=["verdict"],
+        )
     return styler.to_html()
 
 
@@ -85,15 +92,20 @@ def render_markdown(report: Report, header: Sequence[str] = ()) -> str:
 
 def render_html(report: Report, header: Sequence[str] = ()) -> str:
     """One self-contained page: tables, notes and the plots inline as base64 PNG."""
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>shapebias: reproduction tables</title>",
-             f"<style>{PAGE_STYLE}</style></head><body>", "<h1>Reproduction tables</h1>"]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>shapebias: reproduction tables</title>",
+        f"<style>{PAGE_STYLE}</style></head><body>",
+        "<h1>Reproduction tables</h1>",
+    ]
     parts += [f"<p>{html.escape(h)}</p>" for h in header]
     parts += [f"<p><em>note: {html.escape(n)}</em></p>" for n in report.notes]
     for s in all_sections(report):
         parts += [f"<h2>{html.escape(s.title)}</h2>", html_table(s), *(f"<p>{html.escape(n)}</p>" for n in s.notes)]
     for name, png in report.plots.items():
-        parts.append(f"<h2>{html.escape(name)}</h2><img alt='{html.escape(name)}' "
-                     f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+        parts.append(
+            f"<h2>{html.escape(name)}</h2><img alt='{html.escape(name)}' "
+            f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -103,8 +115,11 @@ def write_outputs(report: Report, out_dir: str | Path, header: Sequence[str] = (
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in (("report.txt", render_text(report, header)), ("tables.md", render_markdown(report, header)),
-                       ("report.html", render_html(report, header))):
+    for name, text in (
+        ("report.txt", render_text(report, header)),
+        ("tables.md", render_markdown(report, header)),
+        ("report.html", render_html(report, header)),
+    ):
         (out / name).write_text(text, encoding="utf-8")
         written.append(name)
     for s in all_sections(report):

@@ -35,13 +35,14 @@ class Claim:
     text: str
     metric: str
     direction: str  # "greater": the claimed group is higher; "less": lower
-    unit: str       # "pp" (percentage points of a fraction) or "" (FID)
+    unit: str  # "pp" (percentage points of a fraction) or "" (FID)
 
 
 CLAIM_TOPK_STYLIZED = Claim("Top-K raises stylized accuracy over the dense baseline", "stylized_acc", "greater", "pp")
 CLAIM_TOPK_CLEAN = Claim("Top-K raises clean accuracy over the dense baseline", "test_acc", "greater", "pp")
-CLAIM_MEAN_STYLIZED = Claim("Top-K mean replacement beats the baseline on stylized images", "stylized_acc",
-                            "greater", "pp")
+CLAIM_MEAN_STYLIZED = Claim(
+    "Top-K mean replacement beats the baseline on stylized images", "stylized_acc", "greater", "pp"
+)
 CLAIM_FID = Claim("Top-K lowers FID", "fid", "less", "")
 CLAIM_NOISE = Claim("Noise injection lowers FID further with Top-K", "fid", "less", "")
 CLAIM_SB = Claim("Top-K at inference raises shape bias over the dense model", "shape_bias", "greater", "pp")

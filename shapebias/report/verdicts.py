@@ -14,8 +14,21 @@ from shapebias.report.formatting import MISSING, p_value, signed
 from shapebias.report.runs import Cell
 from shapebias.report.stats import Claim, TestResult
 
-COLUMNS = ["claim", "scope", "metric", "n (claim)", "n (baseline)", "mean (claim)", "mean (baseline)",
-           "difference", "test", "p", "p (Holm)", "verdict", "published difference"]
+COLUMNS = [
+    "claim",
+    "scope",
+    "metric",
+    "n (claim)",
+    "n (baseline)",
+    "mean (claim)",
+    "mean (baseline)",
+    "difference",
+    "test",
+    "p",
+    "p (Holm)",
+    "verdict",
+    "published difference",
+]
 NO_TEST = TestResult("none", float("nan"), float("nan"), False)
 
 
@@ -45,13 +58,22 @@ def compare_cells(claim: Claim, scope: str, a: Cell | None, b: Cell | None, publ
         missing = dataclasses.replace(NO_TEST, untestable=f"no runs for {side}")
         return Verdict(claim, scope, a.n if a else 0, b.n if b else 0, MISSING, MISSING, MISSING, missing, published)
     va, vb = a.values[claim.metric], b.values[claim.metric]
-    return Verdict(claim, scope, a.n, b.n, f"{np.mean(va) * scale:.{digits}f}", f"{np.mean(vb) * scale:.{digits}f}",
-                   f"{signed((np.mean(va) - np.mean(vb)) * scale, digits)}{unit}",
-                   stats.welch_test(va, vb, claim.direction), published)
+    return Verdict(
+        claim,
+        scope,
+        a.n,
+        b.n,
+        f"{np.mean(va) * scale:.{digits}f}",
+        f"{np.mean(vb) * scale:.{digits}f}",
+        f"{signed((np.mean(va) - np.mean(vb)) * scale, digits)}{unit}",
+        stats.welch_test(va, vb, claim.direction),
+        published,
+    )
 
 
-def trend_verdict(claim: Claim, scope: str, levels: Sequence[tuple[float, float]],
-                  published_levels: Sequence[tuple[float, float]]) -> Verdict:
+def trend_verdict(
+    claim: Claim, scope: str, levels: Sequence[tuple[float, float]], published_levels: Sequence[tuple[float, float]]
+) -> Verdict:
     """Does the metric fall as k rises (Spearman, one-sided)? Needs three levels."""
     published = MISSING
     if len(published_levels) >= 3:
@@ -74,17 +96,32 @@ def decide(verdicts: Sequence[Verdict]) -> pd.DataFrame:
     adjusted_opposite = list(adjusted)
     for claim in dict.fromkeys(v.claim for v in verdicts):
         members = [i for i, v in enumerate(verdicts) if v.claim == claim]
-        for i, p, q in zip(members, stats.holm([verdicts[i].result.p for i in members]),
-                           stats.holm([verdicts[i].result.p_opposite for i in members])):
+        for i, p, q in zip(
+            members,
+            stats.holm([verdicts[i].result.p for i in members]),
+            stats.holm([verdicts[i].result.p_opposite for i in members]),
+        ):
             adjusted[i], adjusted_opposite[i] = p, q
     rows = []
     for v, p, q in zip(verdicts, adjusted, adjusted_opposite):
         r = v.result
-        rows.append({"claim": v.claim.text, "scope": v.scope, "metric": v.claim.metric, "n (claim)": v.n_claim,
-                     "n (baseline)": v.n_baseline, "mean (claim)": v.mean_claim, "mean (baseline)": v.mean_baseline,
-                     "difference": v.difference, "test": r.test, "p": p_value(r.p), "p (Holm)": p_value(p),
-                     "verdict": r.untestable or stats.verdict(p, q, r.as_claimed),
-                     "published difference": v.published_difference})
+        rows.append(
+            {
+                "claim": v.claim.text,
+                "scope": v.scope,
+                "metric": v.claim.metric,
+                "n (claim)": v.n_claim,
+                "n (baseline)": v.n_baseline,
+                "mean (claim)": v.mean_claim,
+                "mean (baseline)": v.mean_baseline,
+                "difference": v.difference,
+                "test": r.test,
+                "p": p_value(r.p),
+                "p (Holm)": p_value(p),
+                "verdict": r.untestable or stats.verdict(p, q, r.as_claimed),
+                "published difference": v.published_difference,
+            }
+        )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -94,8 +131,14 @@ def claim_summary(verdicts: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for claim, group in verdicts.groupby("claim", sort=False):
         v = group["verdict"]
-        rows.append({"claim": claim, "cells": len(group), "holds": int((v == "holds").sum()),
-                     "not significant": int(v.str.startswith("not significant").sum()),
-                     "does not hold / contradicted": int(v.str.startswith(("does not", "contradicted")).sum()),
-                     "not testable": int(v.str.startswith(("not testable", "no runs")).sum())})
+        rows.append(
+            {
+                "claim": claim,
+                "cells": len(group),
+                "holds": int((v == "holds").sum()),
+                "not significant": int(v.str.startswith("not significant").sum()),
+                "does not hold / contradicted": int(v.str.startswith(("does not", "contradicted")).sum()),
+                "not testable": int(v.str.startswith(("not testable", "no runs")).sum()),
+            }
+        )
     return pd.DataFrame(rows, columns=columns)

@@ -65,4 +65,3 @@ def synthesis_loss(
 def range_penalty(x: torch.Tensor) -> torch.Tensor:
     """Squared distance of the pixels outside [0, 1] (keeps L-BFGS in range without clamping it)."""
     return (torch.relu(x - 1).pow(2) + torch.relu(-x).pow(2)).sum()
-

@@ -62,13 +62,18 @@ def match_histograms(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
 def optimizer_settings(opt: torch.optim.LBFGS) -> dict:
     """The settings an L-BFGS optimiser was built with, in the job's parameter names."""
     d = opt.defaults
-    return {"optimizer": OPTIMIZER if d["line_search_fn"] == LINE_SEARCH else f"lbfgs-{d['line_search_fn']}",
-            "iterations_per_step": d["max_iter"], "max_evals_per_step": d["max_eval"], "lr": d["lr"],
-            "history_size": d["history_size"]}
+    return {
+        "optimizer": OPTIMIZER if d["line_search_fn"] == LINE_SEARCH else f"lbfgs-{d['line_search_fn']}",
+        "iterations_per_step": d["max_iter"],
+        "max_evals_per_step": d["max_eval"],
+        "lr": d["lr"],
+        "history_size": d["history_size"],
+    }
 
 
-def _check(model: VGGFeatures, target: np.ndarray, mask: str, method: str, k: float, steps: int,
-           iterations_per_step: int) -> tuple[np.ndarray, float]:
+def _check(
+    model: VGGFeatures, target: np.ndarray, mask: str, method: str, k: float, steps: int, iterations_per_step: int
+) -> tuple[np.ndarray, float]:
     check_choice("mask", mask, MASKS)
     check_choice("method", method, METHODS)
     k = check_fraction("topk", k)
@@ -118,8 +123,9 @@ def synthesize(
     device = next(model.parameters()).device
     targets = target_statistics(model, to_tensor(target, device), mask, k, method)
     x = to_tensor(noise_image(*target.shape[:2], seed), device).requires_grad_(True)
-    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=iterations_per_step, line_search_fn=LINE_SEARCH,
-                            tolerance_grad=0.0, tolerance_change=0.0)
+    opt = torch.optim.LBFGS(
+        [x], lr=1.0, max_iter=iterations_per_step, line_search_fn=LINE_SEARCH, tolerance_grad=0.0, tolerance_change=0.0
+    )
 
     def total_loss() -> torch.Tensor:
         return synthesis_loss(model, x, targets, mask, k, method) + range_penalty(x)
@@ -155,6 +161,10 @@ def synthesize(
         bar.close()
     raw = to_image(x)
     image = match_histograms(raw, target) if histogram_matching else raw
-    settings = {**optimizer_settings(opt), "steps": steps, "layers": ",".join(model.layers),
-                "iterations_run": int(opt.state[x].get("n_iter", 0))}
+    settings = {
+        **optimizer_settings(opt),
+        "steps": steps,
+        "layers": ",".join(model.layers),
+        "iterations_run": int(opt.state[x].get("n_iter", 0)),
+    }
     return SynthesisResult(image=image, raw=raw, losses=losses, mask=mask, method=method, settings=settings)

@@ -36,4 +36,3 @@ def edge_correlation(a: np.ndarray, b: np.ndarray) -> float:
 def structure_metrics(original: np.ndarray, result: np.ndarray) -> dict[str, float]:
     """``{"ssim": ..., "edge_corr": ...}`` of a result against the original."""
     return {"ssim": ssim(original, result), "edge_corr": edge_correlation(original, result)}
-

@@ -165,4 +165,3 @@ def build_vgg19(weights: str = "pretrained", layers: Sequence[str] = DEFAULT_LAY
     for p in model.parameters():
         p.requires_grad_(False)
     return model
-

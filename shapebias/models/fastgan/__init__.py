@@ -17,20 +17,59 @@ from __future__ import annotations
 import torch
 
 from shapebias.models.fastgan.common import (
-    NZ, SUPPORTED_SIZES, channels, check_im_size, init_weights, small_size,
+    NZ,
+    SUPPORTED_SIZES,
+    channels,
+    check_im_size,
+    init_weights,
+    small_size,
 )
 from shapebias.models.fastgan.discriminator import Discriminator, crop_quadrant
 from shapebias.models.fastgan.generator import SPARSITY, TOPK_RESOLUTION, Generator, NoiseInjection
 from shapebias.models.fastgan.training import (
-    AUGMENT, RECON_LOSSES, VGG16_FILE, check_recon_loss, d_hinge_fake, d_hinge_real, diff_augment, ema_copy,
-    ema_update, g_loss, perturb, random_part, reconstruction_loss,
+    AUGMENT,
+    RECON_LOSSES,
+    VGG16_FILE,
+    check_recon_loss,
+    d_hinge_fake,
+    d_hinge_real,
+    diff_augment,
+    ema_copy,
+    ema_update,
+    g_loss,
+    perturb,
+    random_part,
+    reconstruction_loss,
 )
 
 __all__ = [
-    "AUGMENT", "NZ", "RECON_LOSSES", "SPARSITY", "SUPPORTED_SIZES", "TOPK_RESOLUTION", "VGG16_FILE",
-    "Discriminator", "Generator", "NoiseInjection", "build", "channels", "check_im_size", "check_recon_loss",
-    "crop_quadrant", "d_hinge_fake", "d_hinge_real", "diff_augment", "ema_copy", "ema_update", "g_loss",
-    "init_weights", "perturb", "random_part", "reconstruction_loss", "sample_like_authors", "small_size",
+    "AUGMENT",
+    "NZ",
+    "RECON_LOSSES",
+    "SPARSITY",
+    "SUPPORTED_SIZES",
+    "TOPK_RESOLUTION",
+    "VGG16_FILE",
+    "Discriminator",
+    "Generator",
+    "NoiseInjection",
+    "build",
+    "channels",
+    "check_im_size",
+    "check_recon_loss",
+    "crop_quadrant",
+    "d_hinge_fake",
+    "d_hinge_real",
+    "diff_augment",
+    "ema_copy",
+    "ema_update",
+    "g_loss",
+    "init_weights",
+    "perturb",
+    "random_part",
+    "reconstruction_loss",
+    "sample_like_authors",
+    "small_size",
 ]
 
 

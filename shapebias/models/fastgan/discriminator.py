@@ -21,7 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from shapebias.models.fastgan.common import (
-    D_MULT, SkipLayerExcitation, channels, check_im_size, conv, init_weights, small_size, up_block,
+    D_MULT,
+    SkipLayerExcitation,
+    channels,
+    check_im_size,
+    conv,
+    init_weights,
+    small_size,
+    up_block,
 )
 
 
@@ -40,8 +47,12 @@ class DownBlockComp(nn.Module):
     def __init__(self, cin: int, cout: int, spectral: bool) -> None:
         super().__init__()
         self.main = nn.Sequential(
-            conv(cin, cout, 4, 2, 1, bias=False, spectral=spectral), nn.BatchNorm2d(cout), _lrelu(),
-            conv(cout, cout, 3, 1, 1, bias=False, spectral=spectral), nn.BatchNorm2d(cout), _lrelu(),
+            conv(cin, cout, 4, 2, 1, bias=False, spectral=spectral),
+            nn.BatchNorm2d(cout),
+            _lrelu(),
+            conv(cout, cout, 3, 1, 1, bias=False, spectral=spectral),
+            nn.BatchNorm2d(cout),
+            _lrelu(),
         )
         self.direct = nn.Sequential(
             nn.AvgPool2d(2), conv(cin, cout, 1, 1, 0, bias=False, spectral=spectral), nn.BatchNorm2d(cout), _lrelu()
@@ -76,7 +87,7 @@ def crop_quadrant(x: torch.Tensor, part: int) -> torch.Tensor:
     """Quadrant ``part`` of (N, C, H, W): 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right."""
     h, w = x.shape[2] // 2, x.shape[3] // 2
     top, left = (part // 2) * h, (part % 2) * w
-    return x[:, :, top:top + h, left:left + w]
+    return x[:, :, top : top + h, left : left + w]
 
 
 def _from_big(im_size: int, nfc: dict[int, int], spectral: bool) -> nn.Sequential:
@@ -121,7 +132,9 @@ class Discriminator(nn.Module):
                 self.sle[str(res)] = SkipLayerExcitation(big[res * 8], big[res], spectral)
             res //= 2
         self.rf_big = nn.Sequential(
-            conv(big[8], big[4], 1, 1, 0, bias=False, spectral=spectral), nn.BatchNorm2d(big[4]), _lrelu(),
+            conv(big[8], big[4], 1, 1, 0, bias=False, spectral=spectral),
+            nn.BatchNorm2d(big[4]),
+            _lrelu(),
             conv(big[4], 1, 4, 1, 0, bias=False, spectral=spectral),
         )
         layers: list[nn.Module] = [conv(3, small[s // 2], 4, 2, 1, bias=False, spectral=spectral), _lrelu()]

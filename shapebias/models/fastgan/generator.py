@@ -25,7 +25,14 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from shapebias.errors import check_choice
 from shapebias.models.fastgan.common import (
-    NZ, SkipLayerExcitation, channels, check_im_size, conv, init_weights, small_size, up_block,
+    NZ,
+    SkipLayerExcitation,
+    channels,
+    check_im_size,
+    conv,
+    init_weights,
+    small_size,
+    up_block,
 )
 from shapebias.sparsity import TopK
 
@@ -109,9 +116,17 @@ class Generator(nn.Module):
         authors_init: the authors' ``weights_init`` (N(0, 0.02) convs, N(1, 0.02) BN scales).
     """
 
-    def __init__(self, im_size: int = 256, width: int = 64, nz: int = NZ, sparsity: str = "none",
-                 topk: float = 0.05, noise_injection: bool = False, spectral: bool = True,
-                 authors_init: bool = True) -> None:
+    def __init__(
+        self,
+        im_size: int = 256,
+        width: int = 64,
+        nz: int = NZ,
+        sparsity: str = "none",
+        topk: float = 0.05,
+        noise_injection: bool = False,
+        spectral: bool = True,
+        authors_init: bool = True,
+    ) -> None:
         super().__init__()
         self.im_size = check_im_size(im_size)
         self.small_size = small_size(self.im_size)
@@ -123,8 +138,11 @@ class Generator(nn.Module):
         res = 8
         while res <= self.im_size:
             comp = int(math.log2(res)) % 2 == 1  # 8, 32, 128, 512: comp blocks with noise
-            block = up_block_comp(c[res // 2], c[res], spectral, noise_injection) if comp else up_block(
-                c[res // 2], c[res], spectral)
+            block = (
+                up_block_comp(c[res // 2], c[res], spectral, noise_injection)
+                if comp
+                else up_block(c[res // 2], c[res], spectral)
+            )
             self.ups[str(res)] = block
             if 64 <= res <= 512:
                 self.sle[str(res)] = SkipLayerExcitation(c[res // 16], c[res], spectral)
