@@ -192,7 +192,11 @@ def goals(result: dict) -> list[dict]:
         out.append(
             {
                 "goal": "Top-K fwd+bwd <= 2x ReLU at (32,128,56,56), k=0.2, CPU",
-                "measured": f"{r['fast_over_relu']:.2f}x median, {r.get('fast_over_relu_min', float('nan')):.2f}x of the fastest runs (direct {r['direct_over_relu']:.2f}x)",
+                "measured": (
+                    f"{r['fast_over_relu']:.2f}x median, "
+                    f"{r.get('fast_over_relu_min', float('nan')):.2f}x of the fastest runs "
+                    f"(direct {r['direct_over_relu']:.2f}x)"
+                ),
                 "met": r["fast_over_relu"] <= 2.0,
             }
         )
@@ -226,7 +230,9 @@ def goals(result: dict) -> list[dict]:
         out.append(
             {
                 "goal": "job epoch <= 1.05x bare loop epoch at the same thread count (1; Ray gives each worker 1 CPU)",
-                "measured": f"{r['cycle_s'] / b['cycle_s']:.2f}x (training pass alone {r['train_s'] / b['train_s']:.2f}x)",
+                "measured": (
+                    f"{r['cycle_s'] / b['cycle_s']:.2f}x (training pass alone {r['train_s'] / b['train_s']:.2f}x)"
+                ),
                 "met": r["cycle_s"] / b["cycle_s"] <= 1.05,
             }
         )
@@ -244,8 +250,9 @@ def goals(result: dict) -> list[dict]:
 
 def render(result: dict) -> str:
     parts = [
-        f"machine: {result['machine']['cpu']}, {result['machine']['cpu_count']} CPUs, torch {result['machine']['torch']} "
-        f"({result['machine']['torch_threads']} threads); load average before {result['load_before']}, after {result['load_after']}; "
+        f"machine: {result['machine']['cpu']}, {result['machine']['cpu_count']} CPUs, "
+        f"torch {result['machine']['torch']} ({result['machine']['torch_threads']} threads); "
+        f"load average before {result['load_before']}, after {result['load_after']}; "
         f"{'quick' if result['quick'] else 'full'} run, {result['seconds']:.0f} s"
     ]
     if result.get("topk"):

@@ -206,7 +206,8 @@ def run(
                 row = job(dataclasses.replace(cfg, num_workers=n), tmp)
                 rows.append(row)
                 progress(
-                    f"  epoch {row['name']}: train {row['train_s']:.2f} s, cycle {row['cycle_s']:.2f} s, start-up {row['startup_s']:.1f} s"
+                    f"  epoch {row['name']}: train {row['train_s']:.2f} s, cycle {row['cycle_s']:.2f} s, "
+                    f"start-up {row['startup_s']:.1f} s"
                 )
     finally:
         if ray.is_initialized():

@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown section(s) {bad}; choose from topk, step")
     if any(o not in STEP_OPTIONS for o in options):
         p.error(
-            f"unknown step option(s) {[o for o in options if o not in STEP_OPTIONS]}; choose from {', '.join(STEP_OPTIONS)}"
+            f"unknown step option(s) {[o for o in options if o not in STEP_OPTIONS]}; "
+            f"choose from {', '.join(STEP_OPTIONS)}"
         )
     sz = sizes(args.dry)
     if sz.device == "cuda" and not torch.cuda.is_available():

@@ -95,7 +95,8 @@ def readme(chart: dict, values: dict, docs: dict[str, str]) -> str:
             "",
             " ".join(chart["description"].split()),
             "",
-            f"Chart version {chart['version']}, app version {chart['appVersion']}, Kubernetes `{chart['kubeVersion']}`. "
+            f"Chart version {chart['version']}, app version {chart['appVersion']}, "
+            f"Kubernetes `{chart['kubeVersion']}`. "
             "How to install it, the Secrets it reads, Pod Security and image pinning: "
             "[docs/deploy.md](../../../docs/deploy.md).",
             "",

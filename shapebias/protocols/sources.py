@@ -9,7 +9,10 @@ PRIOR_TRAIN = f"{PRIOR_REPO}: cnns-train-top-k/train_resnet.py"
 PRIOR_MODEL = f"{PRIOR_REPO}: cnns-train-top-k/resnet_model.py"
 PRIOR_DATA = f"{PRIOR_REPO}: cnns-train-top-k/utils.py"
 PRIOR_REPORT = "prior reproduction's report (Rungseesiripak et al., University of Southampton)"
-TORCHBEARER = "pytorchbearer/torchbearer 0.5.5 (pinned in the prior reproduction's requirements.txt): torchbearer/trial.py Trial.run"
+TORCHBEARER = (
+    "pytorchbearer/torchbearer 0.5.5 (pinned in the prior reproduction's requirements.txt): "
+    "torchbearer/trial.py Trial.run"
+)
 
 AUTHORS_TRAIN = f"{AUTHORS_REPO}: cnns-train-top-k/train_imgnet_10.py"
 AUTHORS_SCRIPTS = f"{AUTHORS_REPO}: cnns-train-top-k/scripts/IN-S1/run_topk.sh"

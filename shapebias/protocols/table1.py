@@ -71,11 +71,11 @@ def _implied(spec: str, sparsity: str) -> dict[str, Setting]:
 
 
 DEVIATIONS = (
-    "IN-S1 is Imagenette's ten classes (shapebias/data/imagenet.py); the prior reproduction's IN-S1..IN-S4 class lists are in "
-    "its DVC-tracked imagenet_subsets.zip, not in its repository, so IN-S2..IN-S4 take a --class-list that the "
+    "IN-S1 is Imagenette's ten classes (shapebias/data/imagenet.py); the prior reproduction's IN-S1..IN-S4 class lists "
+    "are in its DVC-tracked imagenet_subsets.zip, not in its repository, so IN-S2..IN-S4 take a --class-list that the "
     "user supplies and that the platform cannot check against the prior reproduction's.",
-    "Test images: ImageNet's val/ images of the subset's classes; the prior reproduction read its own test/ and stylised_test/ "
-    "folders from that zip. The stylized test set comes from --stylized-dir.",
+    "Test images: ImageNet's val/ images of the subset's classes; the prior reproduction read its own test/ and "
+    "stylised_test/ folders from that zip. The stylized test set comes from --stylized-dir.",
     "Random seeds, data order and cuDNN non-determinism differ from the prior reproduction's unseeded runs.",
     "The authors ("
     + AUTHORS_TRAIN

@@ -154,7 +154,8 @@ class Discriminator(nn.Module):
     def forward(self, big: torch.Tensor, small: torch.Tensor, part: int | None = None):
         if big.shape[-1] != self.im_size or small.shape[-1] != self.small_size:
             raise ValueError(
-                f"expected images of {self.im_size} and {self.small_size} px, got {tuple(big.shape)} and {tuple(small.shape)}"
+                f"expected images of {self.im_size} and {self.small_size} px, "
+                f"got {tuple(big.shape)} and {tuple(small.shape)}"
             )
         r0 = min(self.im_size, 256)
         feats = {r0: self.from_big(big)}
