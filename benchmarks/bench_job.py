@@ -162,7 +162,7 @@ def job(cfg, tmp: Path) -> dict[str, Any]:
     logged = sorted(client.get_metric_history(run_id, "train_loss"), key=lambda m: m.step)
     train_s = [m.value for m in train]
     stamps = [m.timestamp / 1e3 for m in logged]
-    cycle_s = [b - a for a, b in zip(stamps, stamps[1:])]
+    cycle_s = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     # cycle_s[i] is epoch i+1; pad epoch 0 (start-up mixed in) so indices line up with train_s
     run_start = client.get_run(run_id).info.start_time / 1e3
     startup = stamps[0] - run_start - (train_s[0] if train_s else 0.0) if stamps else float("nan")

@@ -209,6 +209,6 @@ def test_sampling_like_the_authors_uses_batch_statistics_and_restores_buffers():
     four = fg.sample_like_authors(G, z)
     two = fg.sample_like_authors(G, z[:2])
     assert not torch.allclose(four[:2], two, atol=1e-4)  # batch norm normalises each batch by itself
-    assert not G.training and all(torch.equal(a, b) for a, b in zip(before, G.buffers()))
+    assert not G.training and all(torch.equal(a, b) for a, b in zip(before, G.buffers(), strict=True))
     with torch.no_grad():
         assert torch.allclose(G(z)[0][:2], G(z[:2])[0], atol=1e-5)  # eval mode would not

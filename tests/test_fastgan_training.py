@@ -94,11 +94,11 @@ def test_one_training_step_updates_both_networks_and_ema():
     )
     assert set(losses) == {"loss_d_real", "loss_d_fake", "loss_recon", "loss_g"}
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
-    assert any(not torch.equal(a, b) for a, b in zip(g0, G.parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(d0, D.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(g0, G.parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(d0, D.parameters(), strict=True))
     e0 = [p.clone() for p in ema.parameters()]
     fg.ema_update(ema, G, 0.5)
-    for a, b, g in zip(e0, ema.parameters(), G.parameters()):
+    for a, b, g in zip(e0, ema.parameters(), G.parameters(), strict=True):
         assert torch.allclose(b, 0.5 * a + 0.5 * g.detach())
 
 
@@ -106,7 +106,7 @@ def test_perturb_adds_bounded_uniform_noise():
     m = torch.nn.Linear(50, 40)
     before = [p.detach().clone() for p in m.parameters()]
     fg.perturb(m, 1e-3)
-    diffs = torch.cat([(p - b).flatten() for p, b in zip(m.parameters(), before)])
+    diffs = torch.cat([(p - b).flatten() for p, b in zip(m.parameters(), before, strict=True)])
     assert diffs.abs().max() <= 1e-3 and diffs.abs().max() > 9e-4 and abs(diffs.mean()) < 1e-4
 
 

@@ -42,7 +42,7 @@ def test_loader_gives_normalised_224_images(tmp_path):
     z = cue_conflict.normalize(x[None])
     assert z.dtype == torch.float32
     white = cue_conflict.normalize(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)).flatten()
-    expected = [(1 - m) / s for m, s in zip(cue_conflict.IMAGENET_MEAN, cue_conflict.IMAGENET_STD)]
+    expected = [(1 - m) / s for m, s in zip(cue_conflict.IMAGENET_MEAN, cue_conflict.IMAGENET_STD, strict=True)]
     assert white.tolist() == pytest.approx(expected)
 
 

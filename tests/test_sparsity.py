@@ -116,7 +116,11 @@ def test_fast_odd_shapes(backend, shape):
     for k in (0.01, 0.3, 1.0):
         x = tied(*shape, levels=5) + 0.01 * distinct(*shape)
         for mode in S.MODES:
-            assert_same(lambda t: S.topk(t, k, mode, backend), lambda t: S.topk_reference(t, k, mode), x)
+            assert_same(
+                lambda t, k=k, mode=mode: S.topk(t, k, mode, backend),
+                lambda t, k=k, mode=mode: S.topk_reference(t, k, mode),
+                x,
+            )
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -125,7 +129,11 @@ def test_fast_real_activations(backend):
     x = torch.relu(torch.randn(4, 8, 28, 28, generator=torch.Generator().manual_seed(3)))
     for k in (0.05, 0.2, 0.6, 0.9):
         for mode in S.MODES:
-            assert_same(lambda t: S.topk(t, k, mode, backend), lambda t: S.topk_reference(t, k, mode), x)
+            assert_same(
+                lambda t, k=k, mode=mode: S.topk(t, k, mode, backend),
+                lambda t, k=k, mode=mode: S.topk_reference(t, k, mode),
+                x,
+            )
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -145,7 +153,9 @@ def test_fast_layouts(backend, layout):
         assert x.is_contiguous()
     assert layout == "size1_view" or not x.is_contiguous()
     for mode in S.MODES:
-        assert_same(lambda t: S.topk(t, 0.2, mode, backend), lambda t: S.topk_reference(t, 0.2, mode), x)
+        assert_same(
+            lambda t, mode=mode: S.topk(t, 0.2, mode, backend), lambda t, mode=mode: S.topk_reference(t, 0.2, mode), x
+        )
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -155,7 +165,11 @@ def test_fast_dtypes(backend, dtype):
     x = torch.randn(2, 4, 9, 9, generator=torch.Generator().manual_seed(5)).to(dtype)
     for mode in S.MODES:
         for k in (0.1, 0.5):
-            assert_same(lambda t: S.topk(t, k, mode, backend), lambda t: S.topk_reference(t, k, mode), x)
+            assert_same(
+                lambda t, k=k, mode=mode: S.topk(t, k, mode, backend),
+                lambda t, k=k, mode=mode: S.topk_reference(t, k, mode),
+                x,
+            )
 
 
 def test_cpu_kernel_builds_and_is_used():
@@ -248,7 +262,9 @@ def test_cuda_equals_definition(mode, dtype):
     for make in (distinct, tied):
         x = make(4, 8, 14, 14).to(dtype).cuda()
         for k in (0.01, 0.2, 1.0):
-            assert_same(lambda t: S.topk(t, k, mode), lambda t: S.topk_reference(t, k, mode), x)
+            assert_same(
+                lambda t, k=k, mode=mode: S.topk(t, k, mode), lambda t, k=k, mode=mode: S.topk_reference(t, k, mode), x
+            )
             assert torch.equal(S.topk_mask(x, k), S.reference_mask(x, k))
 
 

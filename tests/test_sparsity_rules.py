@@ -84,8 +84,8 @@ def test_topk_mean_raw_is_the_authors_gan_rule_on_signed_inputs(backend):
     x = values.reshape(n, c, h, w)  # distinct signed values: no ties to break
     grad = sixteenths(n, c, h, w, seed=3)
     for k in (0.05, 0.2, 0.7):
-        y, gx = value_and_grad(lambda t: S.topk(t, k, "topk_mean_raw", backend), x, grad)
-        y_ref, gx_ref = value_and_grad(lambda t: authors_gan_mean_replace(t, k), x, grad)
+        y, gx = value_and_grad(lambda t, k=k: S.topk(t, k, "topk_mean_raw", backend), x, grad)
+        y_ref, gx_ref = value_and_grad(lambda t, k=k: authors_gan_mean_replace(t, k), x, grad)
         assert torch.equal(y, y_ref), f"values differ at k={k}"
         assert torch.equal(gx, gx_ref), f"gradients differ at k={k}"
 

@@ -28,7 +28,7 @@ def test_splits_differ_from_each_other():
 def test_split_semantics():
     n_cls, per = 5, 8
     data = make_benchmark(n_cls, per, per, 32, seed=0)
-    for split, s in data.items():
+    for s in data.values():
         assert s.images.shape == (n_cls * per, 3, 32, 32) and s.images.dtype == torch.uint8
         assert torch.equal(s.labels, s.shape)  # the label is always the shape's class
         assert torch.bincount(s.labels, minlength=n_cls).tolist() == [per] * n_cls

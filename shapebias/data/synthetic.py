@@ -155,7 +155,7 @@ _CLASS_PATTERNS = [
 ]
 CLASS_TEXTURES: list[Texture] = [
     Texture(kind, freq, angle, colors)
-    for (kind, freq, angle), colors in zip(_CLASS_PATTERNS, _palette(len(_CLASS_PATTERNS)))
+    for (kind, freq, angle), colors in zip(_CLASS_PATTERNS, _palette(len(_CLASS_PATTERNS)), strict=True)
 ]
 # Textures of no class (patterns at frequencies/angles no class uses, random colours).
 FOREIGN_TEXTURES: list[Texture] = [

@@ -36,7 +36,7 @@ def shape_bias_score(predicted: Sequence, shape: Sequence, texture: Sequence) ->
     if not (len(predicted) == len(shape) == len(texture)):
         raise ValueError("predicted, shape and texture must have the same length")
     n_shape = n_texture = 0
-    for p, s, t in zip(predicted, shape, texture):
+    for p, s, t in zip(predicted, shape, texture, strict=True):
         if s == t:
             continue
         if p == s:
@@ -57,8 +57,8 @@ def shape_bias_by_category(predicted: Sequence, shape: Sequence, texture: Sequen
         raise ValueError("predicted, shape and texture must have the same length")
     out = {}
     for cat in sorted(set(shape)):
-        rows = [(p, s, t) for p, s, t in zip(predicted, shape, texture) if s == cat]
-        out[cat] = shape_bias_score(*zip(*rows))
+        rows = [(p, s, t) for p, s, t in zip(predicted, shape, texture, strict=True) if s == cat]
+        out[cat] = shape_bias_score(*zip(*rows, strict=True))
     return out
 
 
@@ -68,13 +68,13 @@ def cue_accuracies(predicted: Sequence, shape: Sequence, texture: Sequence) -> d
     ``shape_acc`` + ``texture_acc`` is the fraction of conflict trials decided by either cue;
     ``accuracy_16`` is model-vs-human's 16-class accuracy (decision == shape) over all trials.
     """
-    conflict = [(p, s, t) for p, s, t in zip(predicted, shape, texture) if s != t]
+    conflict = [(p, s, t) for p, s, t in zip(predicted, shape, texture, strict=True) if s != t]
     n = len(conflict)
     nan = float("nan")
     return {
         "shape_acc": sum(p == s for p, s, _ in conflict) / n if n else nan,
         "texture_acc": sum(p == t for p, _, t in conflict) / n if n else nan,
-        "accuracy_16": sum(p == s for p, s in zip(predicted, shape)) / len(shape) if len(shape) else nan,
+        "accuracy_16": sum(p == s for p, s in zip(predicted, shape, strict=True)) / len(shape) if len(shape) else nan,
     }
 
 
@@ -134,7 +134,7 @@ def write_results_csv(
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(RESULT_COLUMNS)
-        for trial, (d, c, name) in enumerate(zip(decisions, categories, imagenames), start=1):
+        for trial, (d, c, name) in enumerate(zip(decisions, categories, imagenames, strict=True), start=1):
             writer.writerow([subj, session, trial, "NaN", d, c, condition, name])
     return path
 

@@ -138,7 +138,7 @@ class ResNet18(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         planes, strides = (64, 128, 256, 512), (1, 2, 2, 2)
         in_planes = 64
-        for name, p, s in zip(STAGES, planes, strides):
+        for name, p, s in zip(STAGES, planes, strides, strict=True):
             setattr(self, name, nn.Sequential(BasicBlock(in_planes, p, s), BasicBlock(p, p, 1)))
             in_planes = p
         # Top-K after the chosen stages (TopK has no parameters: state_dict keys do not depend on it).

@@ -346,6 +346,11 @@ def _fid_table(
     result.verdicts += _fid_verdicts(rows, columns, index, labels, published)
 
 
+def _find_row(rows, rest: dict, **want: str) -> RowKey | None:
+    """The first row whose settings include ``rest`` and ``want``."""
+    return next((q for q in rows if all(dict(q).get(k) == v for k, v in {**rest, **want}.items())), None)
+
+
 def _fid_verdicts(rows, columns, index, labels, published: PublishedFID) -> list[Verdict]:
     """Top-K against the baseline, and Top-K + noise against Top-K, with the same other settings."""
     verdicts = []
@@ -354,14 +359,11 @@ def _fid_verdicts(rows, columns, index, labels, published: PublishedFID) -> list
         if d["sparsity"] != "topk":
             continue
         rest = {k: v for k, v in d.items() if k not in ("sparsity", "topk", "noise_injection")}
-
-        def find(**want: str) -> RowKey | None:
-            return next((q for q in rows if all(dict(q).get(k) == v for k, v in {**rest, **want}.items())), None)
-
         if d["noise_injection"] != "true":
-            base, claim = find(sparsity="none", noise_injection=d["noise_injection"]), stats.CLAIM_FID
+            base, claim = _find_row(rows, rest, sparsity="none", noise_injection=d["noise_injection"]), stats.CLAIM_FID
         else:
-            base, claim = find(sparsity="topk", topk=d["topk"], noise_injection="false"), stats.CLAIM_NOISE
+            base = _find_row(rows, rest, sparsity="topk", topk=d["topk"], noise_injection="false")
+            claim = stats.CLAIM_NOISE
         if base is None:
             continue
         for c in columns:

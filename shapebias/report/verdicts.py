@@ -77,11 +77,11 @@ def trend_verdict(
     """Does the metric fall as k rises (Spearman, one-sided)? Needs three levels."""
     published = MISSING
     if len(published_levels) >= 3:
-        published = f"rho={stats.spearman_test(*zip(*sorted(published_levels)), 'less')[0]:+.2f}"
+        published = f"rho={stats.spearman_test(*zip(*sorted(published_levels), strict=True), 'less')[0]:+.2f}"
     if len(levels) < 3:
         result = dataclasses.replace(NO_TEST, untestable=f"not testable, {len(levels)} level(s) (needs 3)")
         return Verdict(claim, scope, len(levels), MISSING, MISSING, MISSING, MISSING, result, published)
-    rho, p = stats.spearman_test(*zip(*sorted(levels)), "less")  # smaller k, higher shape bias
+    rho, p = stats.spearman_test(*zip(*sorted(levels), strict=True), "less")  # smaller k, higher shape bias
     result = TestResult(stats.SPEARMAN, p, float("nan"), rho < 0)
     return Verdict(claim, scope, len(levels), MISSING, MISSING, MISSING, f"rho={rho:+.2f}", result, published)
 
@@ -100,10 +100,11 @@ def decide(verdicts: Sequence[Verdict]) -> pd.DataFrame:
             members,
             stats.holm([verdicts[i].result.p for i in members]),
             stats.holm([verdicts[i].result.p_opposite for i in members]),
+            strict=True,
         ):
             adjusted[i], adjusted_opposite[i] = p, q
     rows = []
-    for v, p, q in zip(verdicts, adjusted, adjusted_opposite):
+    for v, p, q in zip(verdicts, adjusted, adjusted_opposite, strict=True):
         r = v.result
         rows.append(
             {

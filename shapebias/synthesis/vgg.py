@@ -93,7 +93,7 @@ class VGGFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
         h = (x - self.mean) / self.std
-        for name, module in zip(self.names, self.features):
+        for name, module in zip(self.names, self.features, strict=True):
             h = module(h)
             if name in self.layers:
                 out[name] = h

@@ -85,9 +85,9 @@ def ema_copy(generator: nn.Module) -> nn.Module:
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float = 0.999) -> None:
     """``ema = decay * ema + (1 - decay) * model`` for parameters; buffers are copied."""
-    for pe, pm in zip(ema.parameters(), model.parameters()):
+    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
         pe.lerp_(pm.detach(), 1.0 - decay)
-    for be, bm in zip(ema.buffers(), model.buffers()):
+    for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
         be.copy_(bm)
 
 
