@@ -97,6 +97,14 @@ def kernel() -> ctypes.CDLL | None:
     return _lib
 
 
+def loaded() -> ctypes.CDLL:
+    """The loaded kernel, for callers that checked it is available; RuntimeError if it is not."""
+    lib = kernel()
+    if lib is None:
+        raise RuntimeError(f"the C Top-K kernel is unavailable ({error})")
+    return lib
+
+
 def reset() -> None:
     """Forget the loaded kernel and any build error (the next :func:`kernel` call builds again)."""
     global _lib, error

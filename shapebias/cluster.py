@@ -489,9 +489,8 @@ def find_or_create_run(job: str, experiment: str) -> str:
     from shapebias.tracking import TASK_TAG
 
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "shapebias")
-    mlflow.set_experiment(name)
+    exp = mlflow.set_experiment(name)
     mlc = MlflowClient()
-    exp = mlc.get_experiment_by_name(name)
     runs = mlc.search_runs(
         [exp.experiment_id], f"tags.`{RAYJOB_TAG}` = '{job}'", order_by=["attributes.start_time DESC"], max_results=1
     )

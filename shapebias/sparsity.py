@@ -240,7 +240,7 @@ def _cpu_topk(x: torch.Tensor, keep: int, mode: str, want_out: bool = True, want
     out = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype) if want_out else None
     bits = torch.empty((rows, planes * ((n + 7) // 8)), dtype=torch.uint8) if want_out else None
     mask = torch.empty_strided(x.shape, x.stride(), dtype=torch.uint8) if want_mask else None
-    rc = kernel.kernel().shapebias_topk_f32(
+    rc = kernel.loaded().shapebias_topk_f32(
         x.data_ptr(),
         *(t.data_ptr() if t is not None else None for t in (out, mask, bits)),
         *_rows(x),
@@ -257,7 +257,7 @@ def _cpu_backward(grad: torch.Tensor, bits: torch.Tensor, keep: int, mode: str) 
     """The backward of every mode by the C kernel, from the packed bits of :func:`_cpu_topk`."""
     grad = _dense(grad)
     out = torch.empty_strided(grad.shape, grad.stride(), dtype=grad.dtype)
-    rc = kernel.kernel().shapebias_topk_backward_f32(
+    rc = kernel.loaded().shapebias_topk_backward_f32(
         grad.data_ptr(),
         bits.data_ptr(),
         out.data_ptr(),

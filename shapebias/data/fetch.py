@@ -147,8 +147,8 @@ def fetch(name: str, dest: str | Path | None = None, *, force: bool = False) -> 
     if target.is_dir() and not force:
         return verify(name, target)
     dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest, prefix=f".{name}-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(dir=dest, prefix=f".{name}-") as tmp_name:
+        tmp = Path(tmp_name)
         archive = tmp / entry["url"].rsplit("/", 1)[-1]
         download(entry["url"], archive)
         digest = file_sha256(archive)

@@ -88,7 +88,7 @@ class Texture:
     colors: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None  # None: random
 
 
-def _rotate(x: Array, y: Array, degrees: float) -> tuple[Array, Array]:
+def _rotate(x: Array, y: Array, degrees: float | Array) -> tuple[Array, Array]:
     a = np.deg2rad(degrees)
     return x * np.cos(a) + y * np.sin(a), -x * np.sin(a) + y * np.cos(a)
 

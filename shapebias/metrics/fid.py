@@ -33,12 +33,16 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
 from shapebias.errors import ConfigError, WeightsError, check_choice
+
+if TYPE_CHECKING:
+    from shapebias.metrics import fid_authors
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_SHA256_PREFIX = "6726825d"
@@ -211,7 +215,7 @@ def save_images(images: torch.Tensor, folder: str | Path, start: int = 0) -> lis
 
 def write_reference(files: Iterable[Path], size: int, folder: str | Path, protocol: FidProtocol) -> list[Path]:
     """The reference set: the training images resized to (size, size) as PNG files."""
-    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[protocol.resize_filter]
+    resample = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}[protocol.resize_filter]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = []
@@ -288,6 +292,7 @@ class FidEvaluator:
         self.batch_size = batch_size
         self.last_scores: list[float] = []
         self.samples_drawn = 0
+        self._impl: fid_authors.AuthorsScorer | _StandardScorer
         if self.protocol.name == "authors":
             from shapebias.metrics import fid_authors
 

@@ -51,8 +51,8 @@ def fake_pixels(images: torch.Tensor, eval_size: int) -> torch.Tensor:
 def real_pixels(path: str | Path, eval_size: int) -> torch.Tensor:
     """An image file -> the uint8 image the authors score (3, s, s)."""
     with Image.open(path) as img:
-        img = img.convert("RGB").resize((eval_size, eval_size), Image.BILINEAR)
-        data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(eval_size, eval_size, 3)
+        rgb = img.convert("RGB").resize((eval_size, eval_size), Image.Resampling.BILINEAR)
+        data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(eval_size, eval_size, 3)
     x = data.permute(2, 0, 1).float().div(255)  # ToTensor
     return squeeze_to_uint8(x)
 

@@ -18,6 +18,7 @@ import copy
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -133,7 +134,8 @@ def load_state(model: nn.Module, path: Path, name: str) -> None:
 def insert_topk(model: nn.Module, name: str, k: float, mode: str = "topk") -> nn.Module:
     """Insert ``TopK(k, mode)`` into ``model.features`` at the authors' points (in place)."""
     s = spec(name)
-    layers = list(model.features.children())
+    features = cast(nn.Module, model.features)  # nn.Module.__getattr__ is typed Tensor | Module
+    layers = list(features.children())
     out: list[nn.Module] = []
     for i, layer in enumerate(layers):
         out.append(layer)

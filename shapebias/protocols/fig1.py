@@ -38,6 +38,8 @@ DEVIATIONS = (
 def _file(model: str, sparsity: str, level: float | None) -> str:
     if sparsity == "none":
         return f"cue-conflict_{FILE_MODEL[model]}-normal_session-1.csv"
+    if level is None:
+        raise ValueError(f"a {sparsity} model needs a Top-K level")
     suffix = "-Revert" if sparsity == "complement" else ""
     return f"cue-conflict_{FILE_MODEL[model]}-topK-{level * 100:g}{suffix}_session-1.csv"
 

@@ -111,9 +111,9 @@ def _shape_bias_counts(path: Path) -> tuple[float, int, int]:
 
 
 def shape_bias_of_file(path: Path) -> float:
-    """issue 3's ``shape_bias_from_csv`` where it exists, else the same rule (model-vs-human)."""
+    """``shape_bias_from_csv`` where it exists, else the same rule (model-vs-human)."""
     try:
-        from shapebias.metrics.shape_bias import shape_bias_from_csv  # type: ignore[attr-defined]
+        from shapebias.metrics.shape_bias import shape_bias_from_csv
     except ImportError:
         return _shape_bias_counts(path)[0]
     return float(shape_bias_from_csv(path))

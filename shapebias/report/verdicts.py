@@ -77,11 +77,13 @@ def trend_verdict(
     """Does the metric fall as k rises (Spearman, one-sided)? Needs three levels."""
     published = MISSING
     if len(published_levels) >= 3:
-        published = f"rho={stats.spearman_test(*zip(*sorted(published_levels), strict=True), 'less')[0]:+.2f}"
+        ks, values = zip(*sorted(published_levels), strict=True)
+        published = f"rho={stats.spearman_test(ks, values, 'less')[0]:+.2f}"
     if len(levels) < 3:
         result = dataclasses.replace(NO_TEST, untestable=f"not testable, {len(levels)} level(s) (needs 3)")
         return Verdict(claim, scope, len(levels), MISSING, MISSING, MISSING, MISSING, result, published)
-    rho, p = stats.spearman_test(*zip(*sorted(levels), strict=True), "less")  # smaller k, higher shape bias
+    ks, values = zip(*sorted(levels), strict=True)
+    rho, p = stats.spearman_test(ks, values, "less")  # smaller k, higher shape bias
     result = TestResult(stats.SPEARMAN, p, float("nan"), rho < 0)
     return Verdict(claim, scope, len(levels), MISSING, MISSING, MISSING, f"rho={rho:+.2f}", result, published)
 

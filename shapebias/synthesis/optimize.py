@@ -122,7 +122,8 @@ def synthesize(
     target, k = _check(model, target, mask, method, k, steps, iterations_per_step)
     device = next(model.parameters()).device
     targets = target_statistics(model, to_tensor(target, device), mask, k, method)
-    x = to_tensor(noise_image(*target.shape[:2], seed), device).requires_grad_(True)
+    height, width = target.shape[:2]
+    x = to_tensor(noise_image(height, width, seed), device).requires_grad_(True)
     opt = torch.optim.LBFGS(
         [x], lr=1.0, max_iter=iterations_per_step, line_search_fn=LINE_SEARCH, tolerance_grad=0.0, tolerance_change=0.0
     )

@@ -67,6 +67,9 @@ class VGGFeatures(nn.Module):
     returns ``{layer name: activation}`` for the requested layers.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, layers: Sequence[str] = DEFAULT_LAYERS) -> None:
         super().__init__()
         self.layers = check_layers(layers)
@@ -141,7 +144,8 @@ def build_vgg19(weights: str = "pretrained", layers: Sequence[str] = DEFAULT_LAY
     for m in model.modules():  # torchvision's VGG initialisation
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
     if path is not None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
@@ -79,7 +81,7 @@ def _weight_tensor(module: nn.Module) -> torch.Tensor:
     parametrizations = getattr(module, "parametrizations", None)
     if parametrizations is not None and "weight" in parametrizations:
         return parametrizations.weight.original
-    return module.weight
+    return cast(torch.Tensor, module.weight)  # nn.Module.__getattr__ is typed Tensor | Module
 
 
 @torch.no_grad()
