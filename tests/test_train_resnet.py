@@ -12,7 +12,8 @@ from PIL import Image
 from shapebias.data.imagenet import SUBSETS, imagenet_subset, read_class_list, subset_wnids
 from shapebias.errors import ConfigError, DataError
 from training import train_resnet
-from training.train_resnet import Config, _number, _user_error
+from training.cliargs import number as _number
+from training.train_resnet import Config, _user_error
 
 WNIDS = ("n01440764", "n02102040")
 
@@ -91,6 +92,9 @@ def test_number_parsing():
     assert _number(int)("six") == "six"
     with pytest.raises(ConfigError, match="epochs='six' is not a number"):
         Config(epochs="six").validate()
+    assert _number(int)("2.5") == "2.5"  # not an int: left for validate to name
+    with pytest.raises(ConfigError, match="epochs='2.5' is not accepted; expected an integer"):
+        Config(epochs="2.5").validate()
 
 
 def test_user_error_found_inside_a_wrapped_failure():

@@ -47,7 +47,7 @@ from shapebias.errors import ConfigError, DataError, ShapebiasError, WeightsErro
 from shapebias.errors import check_limits
 from shapebias.metrics.shape_bias import shape_bias_score
 from shapebias.models.resnet import SPARSITY, SPECS, parse_layers, resnet18, sgd
-from training.cliargs import number as _number
+from training.cliargs import check_numbers, parser_from_config, setting
 from training.cliargs import unquote as _unquote
 from training.raytools import progress as _progress
 
@@ -62,34 +62,32 @@ CHECKPOINT_FILE = "checkpoint.pt"
 class Config:
     """The whole configuration of a run, as plain data (logged flat as MLflow params)."""
 
-    sparsity: str = "topk"
-    topk: float = 0.2
-    topk_layers: str = "layer2"
-    model_spec: str = "code"
-    stem_stride: int = 2
-    dataset: str = "synthetic"
-    data_dir: str = ""
-    stylized_dir: str = ""
-    class_list: str = ""
-    epochs: int = 6
-    batch_size: int = 32
-    lr: float = 0.05
-    seed: int = 0
-    num_workers: int = 1
-    synthetic_classes: int = 10
-    synthetic_train_per_class: int = 60
-    synthetic_test_per_class: int = 20
-    image_size: int = 32
-    storage_path: str = ""
-    protocol: str = ""  # the published experiment this run repeats (shapebias.protocols), "" for none
+    protocol: str = setting("", "a published experiment to repeat (`shapebias protocols` lists them): "
+                                "sets every setting below")
+    sparsity: str = setting("topk", "activation sparsity after the chosen stages", SPARSITY)
+    topk: float = setting(0.2, "fraction of positions kept, (0, 1]")
+    topk_layers: str = setting("layer2", "comma-separated stages: layer1..layer4")
+    model_spec: str = setting("code", "ResNet-18 variant: the authors' code or the paper's text", tuple(SPECS))
+    stem_stride: int = setting(2, "stride of the stem convolution: 1 (authors) or 2 (prior reproduction)", (1, 2))
+    dataset: str = setting("synthetic", "synthetic | IN-S1 | IN-S<n> (with --class-list)")
+    data_dir: str = setting("", "ImageNet root with train/ and val/")
+    stylized_dir: str = setting("", "stylized test folder (one sub-folder per WNID)")
+    class_list: str = setting("", "WNID list file for IN-S2, IN-S3, ...")
+    epochs: int = setting(6, "training epochs")
+    batch_size: int = setting(32, "samples per step of each Ray worker")
+    lr: float = setting(0.05, "base learning rate (cosine schedule over the epochs)")
+    seed: int = setting(0, "random seed")
+    num_workers: int = setting(1, "Ray Train workers")
+    synthetic_classes: int = setting(10, "classes of the synthetic data set")
+    synthetic_train_per_class: int = setting(60, "synthetic training images per class")
+    synthetic_test_per_class: int = setting(20, "synthetic test images per class")
+    image_size: int = setting(32, "synthetic images' size")
+    storage_path: str = setting("", "Ray Train checkpoints; empty: ./.ray_results")
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first bad value and what is accepted."""
         check_limits(self)  # numbers, finite, within shapebias.errors.INT_LIMITS
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("int", "float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ConfigError(f"{f.name}={value!r} is not a number")
+        check_numbers(self)
         if self.protocol:
             protocols.get(self.protocol, TASK)
         check_choice("sparsity", self.sparsity, SPARSITY)
@@ -434,39 +432,13 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
 # ------------------------------------------------------------------------------------------- CLI
 
 
-FLAGS: tuple[tuple[str, Any, str], ...] = (  # (Config field, number type or None, help)
-    ("protocol", None, "a published experiment to repeat (`shapebias protocols` lists them): sets every setting below"),
-    ("sparsity", None, "none | topk | topk_mean"),
-    ("topk", float, "fraction of positions kept, (0, 1]"),
-    ("topk_layers", None, "comma-separated stages: layer1..layer4"),
-    ("model_spec", None, "code | paper"),
-    ("stem_stride", int, "1 (authors) or 2 (seed)"),
-    ("dataset", None, "synthetic | IN-S1 | IN-S<n> (with --class-list)"),
-    ("data_dir", None, "ImageNet root with train/ and val/"),
-    ("stylized_dir", None, "stylized test folder (one sub-folder per WNID)"),
-    ("class_list", None, "WNID list file for IN-S2, IN-S3, ..."),
-    ("epochs", int, ""),
-    ("batch_size", int, "per Ray worker"),
-    ("lr", float, "base learning rate (cosine schedule over the epochs)"),
-    ("seed", int, ""),
-    ("num_workers", int, "Ray Train workers"),
-    ("synthetic_classes", int, ""),
-    ("synthetic_train_per_class", int, ""),
-    ("synthetic_test_per_class", int, ""),
-    ("image_size", int, "synthetic images' size"),
-    ("storage_path", None, "Ray Train checkpoints (default ./.ray_results)"),
-)
+PROTOCOL_SET = {k for p in protocols.for_task(TASK) for k in p.settings}  # settings some protocol sets
 
 
 def parser() -> argparse.ArgumentParser:
     """Flags of the Config fields; a flag not given (or given empty) takes the protocol's value, else the default."""
-    p = argparse.ArgumentParser(prog="train_resnet", description=__doc__.split("\n\n")[0],
-                                argument_default=argparse.SUPPRESS)
-    d = Config()
-    for name, kind, text in FLAGS:
-        default = f"default {getattr(d, name)!r}" + ("" if name == "protocol" else ", or the protocol's")
-        p.add_argument("--" + name.replace("_", "-"), type=_number(kind) if kind else str,
-                       help=f"{text} ({default})" if text else f"({default})")
+    p = parser_from_config(Config, "shapebias train-resnet", __doc__.split("\n\n")[0], suppress=True,
+                           default_note=lambda name: ", or the protocol's" if name in PROTOCOL_SET else "")
     p.add_argument("--run-id", default=None, help="resume this MLflow run (default: the active run, or a new one)")
     return p
 
