@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import yaml
 from mlflow.entities import Param
 from torchvision import transforms
 
@@ -15,7 +14,6 @@ from shapebias.errors import ConfigError
 from shapebias.models.resnet import SPECS, resnet18
 from shapebias.protocols import listing
 from shapebias.protocols.tasks import TASKS
-from shapebias.settings import REPO_ROOT
 from training import shape_bias, train_fastgan, train_resnet
 
 CONFIGS = {"train_resnet": train_resnet.Config, "shape_bias": shape_bias.Config, "train_fastgan": train_fastgan.Config}
@@ -128,22 +126,6 @@ def test_shape_bias_sweep_of_level_protocols():
     assert not protocols.check("shape_bias", "fig1.alexnet.topk.10", random).on_protocol
     with pytest.raises(ConfigError, match="differ in topk only"):
         protocols.settings_of("shape_bias", "fig1.alexnet.topk.5,fig1.vgg16.topk.5")
-
-
-@pytest.mark.parametrize("entry, task", [("train_resnet", "train_resnet"), ("shape_bias", "shape_bias")])
-def test_mlproject_parameters_are_the_config_fields(entry, task):
-    spec = yaml.safe_load((REPO_ROOT / "MLproject").read_text())["entry_points"][entry]
-    config = CONFIGS[task]
-    defaults = dataclasses.asdict(config())
-    assert sorted(spec["parameters"]) == sorted(defaults)
-    set_by_protocols = {k for p in protocols.for_task(task) for k in p.settings}
-    for name, param in spec["parameters"].items():
-        flag = "--" + name.replace("_", "-") + " {" + name + "}"
-        assert flag in " ".join(spec["command"].split()), name
-        if name in set_by_protocols or name == "protocol":  # "" = the protocol's value, else the default
-            assert param["default"] == "", name
-        else:
-            assert protocols.canonical(param["default"]) == protocols.canonical(defaults[name]), name
 
 
 def test_protocols_command_lists_and_details(capsys):

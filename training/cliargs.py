@@ -93,8 +93,29 @@ def unquote(value) -> str:
 
 # ------------------------------------------------------------------------------------- parsers
 
+class _Formatter(argparse.HelpFormatter):
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, Flag):
+            return ", ".join(action.option_strings)
+        return super()._format_action_invocation(action)
+
+
+class DefaultsFormatter(_Formatter):
+    """For hand-written parsers: appends ``(default: X)`` to an option's help that does not say its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.default in (None, "", argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class Parser(argparse.ArgumentParser):
     """An argparse parser whose usage errors are one line ``error: ...`` (exit status 2)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")

@@ -16,7 +16,6 @@ their settings; each level's run is tagged with its own protocol and whether it 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import tempfile
@@ -29,12 +28,13 @@ from tqdm import tqdm
 
 from shapebias import protocols, settings, tracking
 from shapebias.data import cue_conflict
-from shapebias.errors import ConfigError, check_choice, check_fraction, check_int
+from shapebias.errors import ConfigError, check_choice, check_fraction
 from shapebias.metrics import shape_bias as sb
 from shapebias.metrics.imagenet16 import decisions_from_logits
 from shapebias.models import pretrained
 from shapebias.plots import DecisionMaker, figure_curves, plot_category_shape_bias, plot_sparsity_curve
 from shapebias.plots import reference_decision_makers
+from training.cliargs import parser_from_config, setting, to_int
 from training.cliargs import unquote as _unquote
 
 TASK = "shape_bias"
@@ -46,37 +46,27 @@ RANDOM_PREFIX = "RANDOM-WEIGHTS"
 class Config:
     """The job's settings as given (numbers are checked inside the run, so a bad one fails the run)."""
 
-    model: str = "alexnet"
-    sparsity: str = "topk"
-    topk: str = "0.05,0.1,0.2,0.3,0.4,0.5"
-    weights: str = "pretrained"
-    data_dir: str = ""
-    batch_size: str = "32"
-    limit: str = "0"
-    seed: str = "0"
-    device: str = "auto"
-    protocol: str = ""
+    protocol: str = setting("", "published level(s) to repeat, comma-separated for a sweep "
+                                "(`shapebias protocols fig1`)")
+    model: str = setting("alexnet", "ImageNet model scored on cue-conflict", pretrained.MODELS)
+    sparsity: str = setting("topk", "Top-K at inference, or its complement", SPARSITIES)
+    topk: str = setting("0.05,0.1,0.2,0.3,0.4,0.5", "fraction kept per channel, or a comma-separated sweep "
+                                                     "(1.0 = dense)")
+    weights: str = setting("pretrained", "pretrained | random | /path/to/file.pth")
+    data_dir: str = setting("", "cue-conflict folder (empty: from settings)")
+    batch_size: str = setting("32", "images per forward pass")
+    limit: str = setting("0", "evaluate only this many images (0 = all)")
+    seed: str = setting("0", "seed of the random weights (weights=random only)")
+    device: str = setting("auto", "where to run", ("auto", "cpu", "cuda"))
 
 
-HELP = {
-    "protocol": "published level(s) to repeat, comma-separated for a sweep (`shapebias protocols fig1`)",
-    "model": f"one of {', '.join(pretrained.MODELS)}",
-    "sparsity": "none | topk | complement",
-    "topk": "fraction kept per channel, or a comma-separated sweep (1.0 = dense)",
-    "weights": "pretrained | random | /path/to/file.pth",
-    "data_dir": "cue-conflict folder (default: settings)",
-    "limit": "evaluate only this many images (0 = all)",
-    "seed": "seed of the random weights (weights=random only)",
-    "device": "auto | cpu | cuda",
-}
+PROTOCOL_SET = {k for p in protocols.for_task(TASK) for k in p.settings}  # settings some protocol sets
 
 
 def parse_args(argv: list[str] | None) -> Config:
     """Defaults, then the protocol's settings, then the flags given (non-empty): an explicit flag wins."""
-    p = argparse.ArgumentParser(prog="shapebias shape-bias", description=__doc__.split("\n\n")[0],
-                                argument_default=argparse.SUPPRESS)
-    for f in dataclasses.fields(Config):
-        p.add_argument("--" + f.name.replace("_", "-"), help=f"{HELP.get(f.name, '')} (default {f.default!r})")
+    p = parser_from_config(Config, "shapebias shape-bias", __doc__.split("\n\n")[0], suppress=True,
+                           default_note=lambda name: ", or the protocol's" if name in PROTOCOL_SET else "")
     given = {k: _unquote(v) for k, v in vars(p.parse_args(argv)).items() if _unquote(v) != ""}
     defaults = dataclasses.asdict(Config())
     try:
@@ -94,10 +84,6 @@ def level_claim(claimed: str, sparsity: str, k: float) -> str:
                 sparsity == "none" or p.values().get("topk") == protocols.canonical(k)):
             return name
     return claimed
-
-
-def _int(name: str, value: str, minimum: int) -> int:
-    return check_int(name, value, minimum)  # upper bounds: shapebias.errors.INT_LIMITS
 
 
 def parse_levels(sparsity: str, topk: str) -> list[float]:
@@ -202,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         pretrained.spec(model_name)
         check_choice("sparsity", args.sparsity, SPARSITIES)
         levels = parse_levels(args.sparsity, levels_text)
-        batch_size = _int("batch_size", args.batch_size, 1)
-        limit = _int("limit", args.limit, 0)
-        seed = _int("seed", args.seed, 0)
+        batch_size = to_int("batch_size", args.batch_size, 1)
+        limit = to_int("limit", args.limit, 0)
+        seed = to_int("seed", args.seed, 0)
         device = select_device(args.device)
         data_dir = cue_conflict.resolve_dir(args.data_dir)
         images = cue_conflict.scan(data_dir, limit=limit)

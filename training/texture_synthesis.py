@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import re
 import sys
 import tempfile
@@ -39,7 +40,8 @@ import numpy as np
 import torch
 
 from shapebias import synthesis, tracking
-from shapebias.errors import ConfigError, check_choice, check_fraction, check_int
+from shapebias.errors import ConfigError, check_choice, check_fraction
+from training.cliargs import parser_from_config, setting, to_int
 from training.cliargs import unquote as _unquote
 
 TASK = "texture_synthesis"
@@ -47,26 +49,27 @@ RANDOM_PREFIX = "RANDOM-WEIGHTS"
 MASK_TITLES = {"all": "all", "topk": "Top-K", "complement": "complement (non-Top-K)"}
 
 
+@dataclasses.dataclass
+class Config:
+    """The job's settings as given (numbers are checked inside the run, so a bad one fails the run)."""
+
+    image: str = setting("skimage:chelsea", "an image file, a folder of images, or skimage:NAME "
+                                            "(chelsea is the cat photo)")
+    image_size: str = setting("256", "side of the square working image, px")
+    steps: str = setting(str(synthesis.STEPS), "outer L-BFGS steps per image and mask (authors: 100)")
+    iterations_per_step: str = setting(str(synthesis.ITERATIONS_PER_STEP),
+                                       "L-BFGS iterations per step, strong-Wolfe line search (authors: 20)")
+    weights: str = setting("pretrained", "pretrained | random | /path/to/vgg19-dcbb9e9d.pth")
+    topk: str = setting("0.05", "fraction of positions kept per channel, (0, 1]")
+    method: str = setting("texture", "texture synthesis or feature inversion", synthesis.METHODS)
+    layers: str = setting(",".join(synthesis.DEFAULT_LAYERS),
+                          "VGG-19 layers, comma-separated (conv/relu<b>_<i>, pool<b>)")
+    seed: str = setting("0", "seed of the noise start (and of random weights)")
+    device: str = setting("auto", "where to run", ("auto", "cpu", "cuda"))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="shapebias texture-synthesis", description=__doc__.split("\n\n")[0])
-    p.add_argument("--image", default="skimage:chelsea",
-                   help="an image file, a folder of images, or skimage:NAME (chelsea is the cat photo)")
-    p.add_argument("--image-size", default="256", help="side of the square working image, px")
-    p.add_argument("--steps", default=str(synthesis.STEPS), help="outer L-BFGS steps per image and mask (authors: 100)")
-    p.add_argument("--iterations-per-step", default=str(synthesis.ITERATIONS_PER_STEP),
-                   help="L-BFGS iterations per step, strong-Wolfe line search (authors: 20)")
-    p.add_argument("--weights", default="pretrained", help="pretrained | random | /path/to/vgg19-dcbb9e9d.pth")
-    p.add_argument("--topk", default="0.05", help="fraction of positions kept per channel, (0, 1]")
-    p.add_argument("--method", default="texture", help="texture | inversion")
-    p.add_argument("--layers", default=",".join(synthesis.DEFAULT_LAYERS),
-                   help="VGG-19 layers, comma-separated (conv/relu<b>_<i>, pool<b>)")
-    p.add_argument("--seed", default="0", help="seed of the noise start (and of random weights)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    return p.parse_args(argv)
-
-
-def _int(name: str, value: str, minimum: int) -> int:
-    return check_int(name, value, minimum)  # upper bounds: shapebias.errors.INT_LIMITS
+    return parser_from_config(Config, "shapebias texture-synthesis", __doc__.split("\n\n")[0]).parse_args(argv)
 
 
 def _safe(name: str) -> str:
@@ -123,7 +126,7 @@ def validate(cfg: dict) -> dict:
     check_choice("method", cfg["method"], synthesis.METHODS)
     check_choice("device", cfg["device"], ("auto", "cpu", "cuda"))
     layers = synthesis.check_layers(cfg["layers"])
-    size = _int("image_size", cfg["image_size"], 1)
+    size = to_int("image_size", cfg["image_size"], 1)
     need = synthesis.min_image_size(layers)
     if size < need:
         raise ConfigError(f"image_size={size} is too small for layers {','.join(layers)}: they need at least {need} px")
@@ -134,10 +137,10 @@ def validate(cfg: dict) -> dict:
         raise ConfigError("device=cuda but no CUDA device is visible; use device=auto or cpu")
     return {
         "size": size,
-        "steps": _int("steps", cfg["steps"], 1),
-        "iterations_per_step": _int("iterations_per_step", cfg["iterations_per_step"], 1),
+        "steps": to_int("steps", cfg["steps"], 1),
+        "iterations_per_step": to_int("iterations_per_step", cfg["iterations_per_step"], 1),
         "k": check_fraction("topk", cfg["topk"]),
-        "seed": _int("seed", cfg["seed"], 0),
+        "seed": to_int("seed", cfg["seed"], 0),
         "layers": layers,
         "device": device,
     }

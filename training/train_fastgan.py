@@ -42,7 +42,8 @@ from shapebias import protocols
 from shapebias.errors import ConfigError, ShapebiasError, check_choice, check_fraction, check_limits
 from shapebias.metrics.fid import PROTOCOLS
 from shapebias.models import fastgan as fg
-from training.cliargs import number as _number, unquote as _unquote
+from training.cliargs import check_numbers, parser_from_config, setting
+from training.cliargs import unquote as _unquote
 
 TASK = "train_fastgan"
 PROTOCOL_NAMES = tuple(PROTOCOLS)
@@ -52,30 +53,36 @@ PROTOCOL_NAMES = tuple(PROTOCOLS)
 class Config:
     """The whole configuration of a run (logged flat as MLflow params)."""
 
-    data_dir: str = ""
-    dataset: str = ""  # the few-shot set's name (default: the folder name of data_dir)
-    im_size: int = 256
-    iterations: int = 100000
-    batch_size: int = 8
-    sparsity: str = "topk"
-    topk: float = 0.05
-    noise_injection: bool = False
-    recon_loss: str = "lpips"
-    fid_every: int = -1  # -1: the protocol's interval (standard 5,000, authors 1,000); 0: no FID
-    fid_weights: str = ""
-    fid_protocol: str = "standard"
-    fid_samples: int = 0  # 0: the protocol's sample count
-    fid_dims: int = 2048  # pytorch-fid feature size; only 2048 is FID (others: fid_unverified)
-    seed: int = 0
-    width: int = 64  # ngf = ndf (paper: 64)
-    lr: float = 0.0002
-    ema_decay: float = 0.999
-    rollback_patience: int = 10  # evaluations without a better FID before a rollback; 0 = never
-    perturb_g: float = 1e-4  # U(-eps, eps) added to G's parameters after a rollback
-    perturb_d: float = 0.0
-    checkpoint_every: int = 1000
-    storage_path: str = ""
-    protocol: str = ""  # the published experiment this run repeats (shapebias.protocols), "" for none
+    protocol: str = setting("", "a published experiment to repeat (`shapebias protocols` lists them): "
+                                "sets every setting below")
+    data_dir: str = setting("", "a flat folder of images (e.g. a 100-image set)")
+    dataset: str = setting("", "the few-shot set's name (empty: the folder name of data_dir)")
+    im_size: int = setting(256, "image size", fg.SUPPORTED_SIZES)
+    iterations: int = setting(100000, "training iterations (authors: 100000)")
+    batch_size: int = setting(8, "images per step")
+    sparsity: str = setting("topk", "sparsity after the 32x32 feature map (topk: the authors' TopKMaskHW)",
+                            fg.SPARSITY)
+    topk: float = setting(0.05, "fraction kept, (0, 1]; authors: 0.05 (0.15 for table)")
+    noise_injection: bool = setting(False, "the generator's noise injection")
+    recon_loss: str = setting("lpips", "reconstruction loss: lpips (authors; needs VGG-16 weights) or l1 "
+                                       "(substitute)", fg.RECON_LOSSES)
+    fid_every: int = setting(-1, "iterations between FIDs; -1 = the FID protocol's (standard 5000, authors 1000); "
+                                 "0 = no FID")
+    fid_weights: str = setting("", "pytorch-fid Inception weights file (empty: hub cache)")
+    fid_protocol: str = setting("standard", "how FID is computed", tuple(PROTOCOLS))
+    fid_samples: int = setting(0, "generated images per FID; 0 = the FID protocol's count")
+    fid_dims: int = setting(2048, "pytorch-fid feature size; only 2048 is FID (others: fid_unverified)",
+                            (2048, 768, 192, 64))
+    seed: int = setting(0, "random seed")
+    width: int = setting(64, "channel width ngf = ndf (authors: 64)")
+    lr: float = setting(0.0002, "Adam learning rate")
+    ema_decay: float = setting(0.999, "decay of the generator's moving average")
+    rollback_patience: int = setting(10, "evaluations without a better FID before rolling back to the best "
+                                         "(authors: 10); 0 = never")
+    perturb_g: float = setting(1e-4, "U(-eps, eps) noise on G's parameters after a rollback (authors: 1e-4)")
+    perturb_d: float = setting(0.0, "the same for D (authors: 0)")
+    checkpoint_every: int = setting(1000, "iterations between checkpoints")
+    storage_path: str = setting("", "Ray Train checkpoints; empty: ./.ray_results")
 
     def set_name(self) -> str:
         """The few-shot set's name: ``dataset``, else the folder name of ``data_dir``."""
@@ -93,10 +100,7 @@ class Config:
 
     def validate(self) -> Config:
         check_limits(self)  # numbers, finite, within shapebias.errors.INT_LIMITS
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("int", "float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ConfigError(f"{f.name}={value!r} is not a number")
+        check_numbers(self)
         if self.protocol:
             protocols.get(self.protocol, TASK)
         self.im_size = fg.check_im_size(self.im_size)
@@ -291,43 +295,13 @@ def log_final(cfg: Config, state: dict[str, Any], fid_key: str) -> dict[str, flo
 # ------------------------------------------------------------------------------------------ CLI
 
 
-FLAGS: tuple[tuple[str, Any, str], ...] = (  # (Config field, number type or None, help)
-    ("protocol", None, "a published experiment to repeat (`shapebias protocols` lists them): sets every setting below"),
-    ("data_dir", None, "a flat folder of images (e.g. a 100-image set)"),
-    ("dataset", None, "the few-shot set's name (default: the folder name)"),
-    ("im_size", int, "64 | 128 | 256 | 512 | 1024"),
-    ("iterations", int, "authors: 100000"),
-    ("batch_size", int, ""),
-    ("sparsity", None, " | ".join(fg.SPARSITY) + " (after the 32x32 feature map)"),
-    ("topk", float, "fraction kept, (0, 1]; authors: 0.05 (0.15 for table)"),
-    ("noise_injection", None, "true | false"),
-    ("recon_loss", None, "lpips (authors; needs VGG-16 weights) | l1 (substitute)"),
-    ("fid_every", int, "iterations between FIDs; -1 = the FID protocol's (standard 5000, authors 1000); 0 = no FID"),
-    ("fid_weights", None, "pytorch-fid Inception weights file (default: hub cache)"),
-    ("fid_protocol", None, "standard | authors"),
-    ("fid_samples", int, "0 = the FID protocol's count"),
-    ("fid_dims", int, "2048 (FID) | 768 | 192 | 64 (checks only)"),
-    ("seed", int, ""),
-    ("width", int, "channel width ngf = ndf (authors: 64)"),
-    ("lr", float, ""),
-    ("ema_decay", float, ""),
-    ("rollback_patience", int, "evaluations without a better FID before rolling back to the best (authors: 10); 0 = never"),
-    ("perturb_g", float, "G noise after a rollback (authors: 1e-4)"),
-    ("perturb_d", float, "D noise after a rollback (authors: 0)"),
-    ("checkpoint_every", int, ""),
-    ("storage_path", None, "Ray Train checkpoints (default ./.ray_results)"),
-)
+PROTOCOL_SET = {k for p in protocols.for_task(TASK) for k in p.settings}  # settings some protocol sets
 
 
 def parser() -> argparse.ArgumentParser:
     """Flags of the Config fields; a flag not given (or given empty) takes the protocol's value, else the default."""
-    p = argparse.ArgumentParser(prog="train_fastgan", description=__doc__.split("\n\n")[0],
-                                argument_default=argparse.SUPPRESS)
-    d = Config()
-    for name, kind, text in FLAGS:
-        default = f"default {getattr(d, name)!r}" + ("" if name == "protocol" else ", or the protocol's")
-        p.add_argument("--" + name.replace("_", "-"), type=_number(kind) if kind else str,
-                       help=f"{text} ({default})" if text else f"({default})")
+    p = parser_from_config(Config, "shapebias train-fastgan", __doc__.split("\n\n")[0], suppress=True,
+                           default_note=lambda name: ", or the protocol's" if name in PROTOCOL_SET else "")
     p.add_argument("--run-id", default=None, help="resume this MLflow run (default: the active run, or a new one)")
     return p
 
