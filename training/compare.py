@@ -22,10 +22,12 @@ from shapebias.report import Report, Run, build_report, render_text, write_outpu
 from shapebias.errors import DataError
 from shapebias.integrity import open_store
 from shapebias.tracking import cli_main, tracked_run, ui_command
+from training import cliargs
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="shapebias compare", description=__doc__.split("\n\n")[0])
+    p = cliargs.Parser(prog="shapebias compare", description=__doc__.split("\n\n")[0],
+                       formatter_class=cliargs.DefaultsFormatter)
     p.add_argument("--experiment", required=True, help="one or more experiment names, comma-separated")
     p.add_argument("--output-dir", default="", help="also keep the report here (default: a temporary folder)")
     p.add_argument("--tracking-uri", default="", help="read runs from this store (default: MLFLOW_TRACKING_URI)")

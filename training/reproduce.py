@@ -37,6 +37,7 @@ from shapebias.report.runs import Run
 from shapebias.errors import ConfigError, DataError, check_choice
 from shapebias.integrity import is_live, open_store
 from shapebias.tracking import cli_main
+from training import cliargs
 from training.cliargs import split_args
 
 TABLES = ("table1", "table2", "shape_bias", "synthetic")  # synthetic: the study (training/study.py)
@@ -294,16 +295,19 @@ def launch_ray(jobs: Sequence[Job], experiment_id: str, address: str, table: str
 # --- command -------------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="shapebias reproduce", description=__doc__.split("\n\n")[0])
-    p.add_argument("table", help="table1 | table2 | shape_bias | synthetic (the synthetic study, training/study.py)")
+    p = cliargs.Parser(prog="shapebias reproduce", description=__doc__.split("\n\n")[0],
+                       formatter_class=cliargs.DefaultsFormatter)
+    p.add_argument("table", metavar="{" + ",".join(TABLES) + "}",
+                   help="the table whose missing runs to launch (synthetic: the study, training/study.py)")
     p.add_argument("--where", default="local", help="local, or a Ray address (http://HEAD:8265, ray://HEAD:10001)")
     p.add_argument("--experiment", default="reproduce", help="MLflow experiment that holds the table's runs")
-    p.add_argument("--dry-run", nargs="?", const="true", default="false",
+    p.add_argument("--dry-run", action=cliargs.Flag, default=False,
                    help="list what is missing and what would be launched; launch nothing")
     p.add_argument("--seeds", default="", help="comma-separated seeds (default: 0,1,2 for table1, 0 for table2)")
     p.add_argument("--datasets", default="", help="comma-separated datasets (default: the seed report's)")
     p.add_argument("--levels", default="", help="shape_bias: Top-K levels (default: 0.05,0.1,0.2,0.3,0.4,0.5)")
-    p.add_argument("--scale", default="full", help="full (the protocols) | smoke (cheap off-protocol pipeline checks)")
+    p.add_argument("--scale", default="full", metavar="{" + ",".join(SCALES) + "}",
+                   help="full: the protocols; smoke: cheap off-protocol pipeline checks")
     p.add_argument("--job-args", default="", help="extra arguments for every job, e.g. --job-args=\"--data-dir /in\" "
                    "(one that changes a protocol setting makes the runs off-protocol: they never count as done)")
     p.add_argument("--data-root", default="", help="table2: folder that holds the few-shot sets by name")
