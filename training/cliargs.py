@@ -76,8 +76,8 @@ def number(kind: type) -> Callable[[str], object]:
 
     def convert(text: str):
         try:
-            return (to_int if kind is int else to_float)("", text)
-        except ConfigError:
+            return to_int("", text) if kind is int else float(text)  # nan/inf: for the job's range check
+        except (ConfigError, ValueError):
             return text
 
     return convert
