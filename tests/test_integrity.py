@@ -106,7 +106,7 @@ def test_liveness_of_running_runs(mlflow_store, monkeypatch, capsys):
 @pytest.mark.slow
 def test_sigterm_ends_the_run_killed(tmp_path):
     """A real driver (tiny synthetic run, Ray local) is sent SIGTERM once its first checkpoint is
-    recorded; the KILLED run then resumes from that checkpoint."""
+    recorded: the run ends KILLED, exit status 143, no traceback from the driver."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -141,15 +141,6 @@ def test_sigterm_ends_the_run_killed(tmp_path):
     assert ended.data.tags[integrity.TERMINATED_TAG] == "terminated by SIGTERM"
     assert not integrity.is_live(ended.info.status, ended.data.tags)
 
-    # The KILLED run resumes with the same settings from its epoch-1 checkpoint and finishes.
-    env["SHAPEBIAS_EPOCH_SLEEP"] = "0"
-    resumed = subprocess.run([sys.executable, "-m", "training.train_resnet", *TINY, "--storage-path", str(tmp_path / "ray"),
-                              "--run-id", run.info.run_id], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    final = client.get_run(run.info.run_id)
-    assert final.info.status == "FINISHED" and final.data.tags["shapebias.resumed_from_epoch"] == "1"
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == [0, 1]
 
 
 def test_three_processes_open_a_fresh_sqlite_store_at_once(tmp_path):
