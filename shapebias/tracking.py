@@ -53,17 +53,21 @@ PARAM_TAG_PREFIX = "shapebias.param."
 PACKAGES = ("torch", "torchvision", "mlflow", "ray", "numpy", "shapebias")
 
 # Environment variables forwarded to Ray workers (credentials travel only this way, never as params).
+# What a job passes to its Ray workers and to jobs it submits. Ray writes a runtime environment
+# into its (world-readable) agent logs, so no secret is forwarded: workers of a local Ray instance
+# inherit the driver's environment anyway, Ray pods in the cluster read their credentials from
+# Secrets, and the local stack gives jobs credential files (~/.mlflow/credentials, ~/.aws/).
 FORWARDED_ENV = (
     "MLFLOW_TRACKING_URI",
     "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_S3_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
     "AWS_DEFAULT_REGION",
     "AWS_ENDPOINT_URL",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
     "SHAPEBIAS_SHARED_DIR",
     "SHAPEBIAS_CUE_CONFLICT_DIR",
+    "SHAPEBIAS_FEW_SHOT_DIR",
 )
 SECRET_WORDS = ("password", "secret", "token", "access_key", "credential")
 

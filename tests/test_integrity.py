@@ -205,3 +205,23 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_no_secret_reaches_the_ray_runtime_environment(monkeypatch):
+    """Ray logs a runtime environment in clear: what jobs forward to workers and to submitted jobs
+    carries addresses and credential-file paths, never a password or a secret key."""
+    import mlflow
+
+    from shapebias import tracking
+    from training import reproduce
+
+    secrets = {"MLFLOW_TRACKING_PASSWORD": "pw-123", "AWS_SECRET_ACCESS_KEY": "sk-456", "AWS_SESSION_TOKEN": "tk-789"}
+    for name, value in {**secrets, "MLFLOW_TRACKING_USERNAME": "job", "AWS_SHARED_CREDENTIALS_FILE": "/h/.aws/c"}.items():
+        monkeypatch.setenv(name, value)
+    mlflow.set_tracking_uri("http://127.0.0.1:1")  # never contacted
+    forwarded = [tracking.worker_env(), reproduce.job_env("1", reproduce.Job("training.train_resnet", [], []))]
+    for env in forwarded:
+        assert env["MLFLOW_TRACKING_USERNAME"] == "job"
+        assert env["AWS_SHARED_CREDENTIALS_FILE"] == "/h/.aws/c"
+        assert not set(secrets) & set(env)
+        assert not {"pw-123", "sk-456", "tk-789"} & set(env.values())

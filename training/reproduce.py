@@ -36,7 +36,7 @@ from shapebias.report import runs as report_runs
 from shapebias.report.runs import Run
 from shapebias.errors import ConfigError, DataError, check_choice
 from shapebias.integrity import is_live, open_store
-from shapebias.tracking import cli_main
+from shapebias.tracking import FORWARDED_ENV, cli_main
 from training import cliargs
 from training.cliargs import split_args
 
@@ -50,9 +50,7 @@ SCALES: dict[str, dict[str, dict[str, object]]] = {  # settings that --scale cha
                                "synthetic_test_per_class": 10, "image_size": 32},
               "shape_bias": {"limit": 16}},
 }
-JOB_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_S3_ENDPOINT_URL",
-           "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
-           "SHAPEBIAS_SHARED_DIR", "SHAPEBIAS_CUE_CONFLICT_DIR", "SHAPEBIAS_FEW_SHOT_DIR")
+JOB_ENV = FORWARDED_ENV  # no secrets: see shapebias.tracking.FORWARDED_ENV
 
 
 @dataclasses.dataclass(frozen=True)
