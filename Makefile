@@ -28,7 +28,7 @@ tools: setup ## fetch helm and kubectl into .tools/bin
 	$(BIN)/python -m tools.devtools fetch-helm
 
 run: setup ## the main job on the embedded default (SQLite MLflow store, local Ray, synthetic data)
-	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_LOGGING_LEVEL=WARNING $(BIN)/mlflow run . -e train_resnet -P sparsity=topk --env-manager local
+	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_LOGGING_LEVEL=WARNING $(BIN)/mlflow run . -e train_resnet -P sparsity=topk --env-manager local --experiment-name shapebias-train_resnet
 
 # The stack tests run in a process of their own: the stack (a session fixture) sets the
 # client environment of the whole process while it runs.

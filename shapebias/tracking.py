@@ -2,8 +2,12 @@
 
 Schema (the contract that the compare step, the MLflow UI and users' notebooks read):
 
-* tag ``shapebias.task``: one of :data:`TASKS`;
-* params: the whole configuration, flat (see :func:`flatten`);
+* experiment: the task's own (:func:`default_experiment`, ``shapebias-<task>``) unless one is
+  chosen (``MLFLOW_EXPERIMENT_NAME`` / ``MLFLOW_EXPERIMENT_ID``, a job's ``--experiment``, or
+  ``mlflow run --experiment-name``, which creates the run before the job starts);
+* tag ``shapebias.task``: one of :data:`TASKS`; ``mlflow.note.content``: what ran on what;
+* params: the whole configuration, flat (see :func:`flatten`), a setting left empty not logged;
+* dataset inputs (:func:`log_dataset`): name, digest = the data fingerprint, context;
 * provenance tags: ``shapebias.git_commit``, ``shapebias.data_fingerprint``,
   ``shapebias.versions.<package>``, ``shapebias.device``;
 * tag ``shapebias.param.<name>``: the value a param had in the run where MLflow had already
@@ -50,6 +54,7 @@ WEIGHTS_TAG = "shapebias.weights"  # "pretrained" or "random": random-weight run
 # A param that was already logged with another value (``mlflow run`` logs MLproject's parameters
 # first, an empty one as ''; MLflow never changes a param) gets its value as run in this tag.
 PARAM_TAG_PREFIX = "shapebias.param."
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 PACKAGES = ("torch", "torchvision", "mlflow", "ray", "numpy", "shapebias")
 
 # Environment variables forwarded to Ray workers (credentials travel only this way, never as params).
@@ -140,6 +145,33 @@ def provenance_tags(data_fingerprint: str | None = None) -> dict[str, str]:
     return tags
 
 
+def default_experiment(task: str) -> str:
+    """The experiment a task's runs go to unless another is chosen: ``shapebias-<task>``."""
+    return f"shapebias-{task}"
+
+
+def _choose_experiment(task: str, experiment: str | None) -> None:
+    """Before a new run: the experiment asked for, else the environment's, else the task's own."""
+    if experiment:
+        mlflow.set_experiment(experiment)
+    elif not (os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_ID")):
+        mlflow.set_experiment(default_experiment(task))
+
+
+def describe_run(text: str) -> None:
+    """The active run's description (the MLflow UI's "Description")."""
+    mlflow.set_tag(NOTE_TAG, text)
+
+
+def log_dataset(frame, *, name: str, digest: str, context: str, source: str | None = None) -> None:
+    """A dataset input of the active run: one row per sample (``pandas.DataFrame``), named, with the
+    data fingerprint as its digest and ``context`` ``training`` or ``evaluation``."""
+    from mlflow.data.pandas_dataset import from_pandas
+
+    dataset = from_pandas(frame, source=source, name=name, digest=digest) if source else from_pandas(frame, name=name, digest=digest)
+    mlflow.log_input(dataset, context=context)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunRef:
     """What a Ray worker needs to log to the driver's run (no credentials in here)."""
@@ -209,10 +241,14 @@ def tracked_run(
     nested: bool = False,
     tags: Mapping[str, str] | None = None,
     data_fingerprint: str | None = None,
+    experiment: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or resume) the run of one job and keep the schema.
 
-    Under ``mlflow run`` the run that MLflow created (``MLFLOW_RUN_ID``) is resumed. The tracking
+    A new top-level run goes to ``experiment``, else to the environment's experiment, else to the
+    task's own (:func:`default_experiment`). Under ``mlflow run`` the run that MLflow created
+    (``MLFLOW_RUN_ID``) is resumed where it is (``mlflow run --experiment-name`` chose its
+    experiment). A setting left empty (an unset path) is not logged as a param. The tracking
     URI is checked and a resume that could corrupt a run is refused before anything is written
     (:mod:`shapebias.integrity`). Params, provenance and the owner record (host, pid, heartbeat)
     are logged first, so that a run that fails on bad input still shows what it was given. An
@@ -226,6 +262,8 @@ def tracked_run(
     resume_id = run_id or (None if nested else os.environ.get("MLFLOW_RUN_ID"))
     if resume_id:
         integrity.check_resume(MlflowClient(uri), resume_id, task, TASK_TAG, flat, override_prefix=PARAM_TAG_PREFIX)
+    if not resume_id and not nested:
+        _choose_experiment(task, experiment)
     owner = {} if nested else integrity.owner_tags()
     with contextlib.ExitStack() as stack:
         if not nested:
@@ -234,7 +272,7 @@ def tracked_run(
         try:
             mlflow.set_tags({TASK_TAG: task, **provenance_tags(data_fingerprint), **owner, **(tags or {})})
             existing = run.data.params
-            fresh = {k: v for k, v in flat.items() if k not in existing}
+            fresh = {k: v for k, v in flat.items() if k not in existing and v != ""}
             if fresh:
                 mlflow.log_params(fresh)
             overridden = {f"{PARAM_TAG_PREFIX}{k}": v for k, v in flat.items() if k in existing and existing[k] != v}

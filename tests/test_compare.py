@@ -317,7 +317,8 @@ def test_compare_main_bad_experiments(mlflow_store, capsys):
     MlflowClient(mlflow_store).create_experiment("empty")
     assert compare.main(["--experiment", "empty"]) == 2
     assert "have no runs" in capsys.readouterr().err
-    failed = MlflowClient(mlflow_store).search_runs(["0"], filter_string="tags.`shapebias.task` = 'compare'")
+    client = MlflowClient(mlflow_store)
+    failed = client.search_runs([client.get_experiment_by_name("shapebias-compare").experiment_id], filter_string="tags.`shapebias.task` = 'compare'")
     assert failed and all(r.info.status == "FAILED" for r in failed)
     # one missing name among good ones: a warning, and the tables of the rest
     log_runs(mlflow_store, "gan", seed_table2_runs())

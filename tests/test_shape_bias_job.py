@@ -32,7 +32,8 @@ def tiny_set(tmp_path):
 
 
 def runs(store):
-    return MlflowClient(store).search_runs(["0"])
+    client = MlflowClient(store)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
 def artifacts(client, run_id, path=None):
@@ -108,7 +109,7 @@ def test_bad_parameters_fail_the_run(mlflow_store, tiny_set, capsys):
         assert rc == 2, argv
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith("error: ") and re.search(message, err), err
-        run = client.search_runs(["0"], order_by=["attributes.start_time DESC"], max_results=1)[0]
+        run = client.search_runs([client.get_experiment_by_name("shapebias-shape_bias").experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
         assert run.info.status == "FAILED"
         assert re.search(message, run.data.tags[tracking.ERROR_TAG])
     assert len(runs(mlflow_store)) == len(BAD_PARAMETERS)
