@@ -8,6 +8,9 @@
   fraction kept, for AlexNet and VGG-16, with the dense networks and humans as references.
 * :func:`report_figures` draws the compare report's figures (Table 1 bars, Table 2 FID bars, shape
   bias against k), each with the published values beside the reproduced ones.
+* :func:`sample_grid_figure`, :func:`confusion_figure` and :func:`curves_figure` draw a training
+  run's figures (labelled samples with predictions, the test confusion matrix, per-epoch curves);
+  they return the matplotlib figure for the caller to log and :func:`close`.
 
 :func:`reference_decision_makers` reads the authors' published decisions
 (``shared/reference/li2023-raw-cue-conflict``, one model-vs-human CSV per decision maker) and
@@ -289,4 +292,87 @@ def _shape_bias_figure(plt, d: Mapping[str, Any]):
         ax.set_ylim(0, 1)
         ax.set_title(f"{model}: shape bias vs sparsity")
         ax.legend(fontsize=7)
+    return fig
+
+
+# ------------------------------------------------------------------------ a training run
+
+CORRECT, WRONG = "#1a7f37", "#cf222e"
+
+
+def close(fig) -> None:
+    _pyplot().close(fig)
+
+
+def sample_grid_figure(rows: Mapping[str, Sequence[tuple[Any, str, bool]]], title: str = ""):
+    """One row per split: images (H x W x 3, values in [0, 1]) captioned (true/predicted class),
+    the caption green where the prediction is right, red where it is wrong."""
+    plt = _pyplot()
+    width = max(len(items) for items in rows.values())
+    fig, axes = plt.subplots(len(rows), width, figsize=(1.35 * width + 0.6, 1.75 * len(rows)), squeeze=False)
+    for ax_row, (split, items) in zip(axes, rows.items()):
+        for c, ax in enumerate(ax_row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(items):
+                ax.axis("off")
+                continue
+            image, caption, correct = items[c]
+            ax.imshow(image, interpolation="nearest")
+            ax.set_title(caption, fontsize=6, color=CORRECT if correct else WRONG)
+        ax_row[0].set_ylabel(split, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(true: Sequence[int], predicted: Sequence[int], class_names: Sequence[str], title: str = ""):
+    """Counts of (true class, predicted class), rows true, with each cell's count written in."""
+    import numpy as np
+
+    plt = _pyplot()
+    n = len(class_names)
+    counts = np.bincount(np.asarray(true) * n + np.asarray(predicted), minlength=n * n).reshape(n, n)
+    side = 2.5 + 0.45 * n
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    shown = ax.imshow(counts, cmap="Blues")
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(n), class_names, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), class_names, fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    for i, j in np.ndindex(n, n):
+        if counts[i, j]:
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6,
+                    color="white" if counts[i, j] > counts.max() / 2 else "black")
+    ax.set_title(title or "confusion matrix", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(histories: Mapping[str, Sequence[tuple[int, float]]], title: str = ""):
+    """Per-epoch curves: losses on the left, accuracies and shape bias (fractions) on the right.
+
+    ``histories``: metric name -> [(step, value)], step = epoch from 0 (drawn 1-based).
+    """
+    plt = _pyplot()
+    fig, (loss_ax, frac_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, points in histories.items():
+        points = sorted(points)
+        if not points:
+            continue
+        ax = loss_ax if "loss" in name else frac_ax
+        ax.plot([s + 1 for s, _ in points], [v for _, v in points], marker="o", markersize=3, label=name)
+    loss_ax.set_ylabel("loss")
+    frac_ax.set_ylabel("fraction")
+    frac_ax.set_ylim(0, 1)
+    for ax in (loss_ax, frac_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
     return fig

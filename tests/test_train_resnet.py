@@ -109,7 +109,8 @@ def test_user_error_found_inside_a_wrapped_failure():
 def _failed_run(uri):
     from mlflow.tracking import MlflowClient
 
-    runs = MlflowClient(uri).search_runs(["0"])
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 1
     return runs[0]
 
@@ -169,10 +170,10 @@ def test_end_to_end_ray_mlflow_and_resume(mlflow_store, tmp_path, ray_local):
             "--image-size", "16", "--batch-size", "6", "--lr", "0.02", "--storage-path", str(tmp_path / "ray")]
     assert train_resnet.main(["--epochs", "1", *tiny]) == 0
     client = MlflowClient(mlflow_store)
-    (run,) = client.search_runs(["0"])
+    (run,) = client.search_runs([client.get_experiment_by_name("shapebias-train_resnet").experiment_id])
     run_id = run.info.run_id
     assert run.info.status == "FINISHED"
-    assert "resnet18-code-topk0.2-synthetic-s0" == run.data.tags["mlflow.runName"]
+    assert "resnet18-code-topk0.2-synthetic-e1-s0" == run.data.tags["mlflow.runName"]
     for p in ("sparsity", "topk", "topk_layers", "model_spec", "stem_stride", "dataset", "epochs", "seed", "num_workers"):
         assert p in run.data.params
     for t in ("shapebias.git_commit", "shapebias.data_fingerprint", "shapebias.versions.torch", "shapebias.device"):
@@ -181,7 +182,7 @@ def test_end_to_end_ray_mlflow_and_resume(mlflow_store, tmp_path, ray_local):
         assert m in run.data.metrics
     for m in ("test_acc", "stylized_acc", "train_acc"):
         assert 0.0 <= run.data.metrics[m] <= 1.0
-    assert [a.path for a in client.list_artifacts(run_id, "samples")] == ["samples/splits.png"]
+    assert "figures/samples.png" in [a.path for a in client.list_artifacts(run_id, "figures")]
     import mlflow
 
     model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
@@ -196,3 +197,46 @@ def test_end_to_end_ray_mlflow_and_resume(mlflow_store, tmp_path, ray_local):
     assert run.data.tags.get("shapebias.resumed_from_epoch") == "1"
     for key in ("test_acc", "train_loss", "stylized_acc", "shape_bias"):
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [0]
+
+
+def test_run_names_differ_when_settings_differ():
+    names = {Config(**kw).run_name() for kw in ({}, {"topk": 0.1}, {"sparsity": "none"}, {"epochs": 2},
+                                                {"model_spec": "paper"}, {"seed": 1})}
+    assert len(names) == 6
+    assert Config().run_name() == "resnet18-code-topk0.2-synthetic-e6-s0"
+
+
+@pytest.mark.slow
+def test_run_is_described_for_comparison(mlflow_store, tmp_path, ray_local):
+    """A tiny run lands in its task's experiment with a description, dataset inputs, a model
+    signature and labelled figures."""
+    import json
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    args = ["--epochs", "1", "--synthetic-classes", "3", "--synthetic-train-per-class", "4",
+            "--synthetic-test-per-class", "3", "--image-size", "16", "--batch-size", "6",
+            "--topk", "0.3", "--storage-path", str(tmp_path / "ray")]
+    assert train_resnet.main(args) == 0
+    client = MlflowClient(mlflow_store)
+    experiment = client.get_experiment_by_name("shapebias-train_resnet")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "resnet18-code-topk0.3-synthetic-e1-s0"
+    note = run.data.tags["mlflow.note.content"]
+    for words in ("ResNet-18", "topk k=0.3", "1 epoch", "synthetic", "off-protocol"):
+        assert words in note
+    assert all(v != "" for v in run.data.params.values()) and "data_dir" not in run.data.params
+    for tag in ("shapebias.samples_logged", "shapebias.num_classes"):
+        assert tag not in run.data.tags
+    inputs = {(d.dataset.name, d.dataset.digest, d.tags[0].value) for d in run.inputs.dataset_inputs}
+    digest = run.data.tags["shapebias.data_fingerprint"]
+    assert inputs == {("synthetic-train", digest, "training"), ("synthetic-test", digest, "evaluation")}
+    train_rows = json.loads([d for d in run.inputs.dataset_inputs if d.dataset.name == "synthetic-train"][0].dataset.profile)
+    assert train_rows["num_rows"] == 3 * 4
+    model = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
+    assert model.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 3, 16, 16]
+    assert model.signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 3]
+    figures = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert set(figures) == {"figures/samples.png", "figures/confusion_test.png", "figures/curves.png"}
+    assert all(size > 5000 for size in figures.values())

@@ -1,6 +1,6 @@
 """Train ResNet-18 with Top-K sparsity as a Ray Train job tracked in MLflow.
 
-    mlflow run . -e train_resnet -P sparsity=topk [--env-manager local]
+    mlflow run . -e train_resnet -P sparsity=topk --experiment-name shapebias-train_resnet [--env-manager local]
     python -m training.train_resnet --sparsity topk --epochs 4
     python -m training.train_resnet --protocol table1.code.topk.IN-S1 --data-dir /data/imagenet --seed 0
 
@@ -115,7 +115,7 @@ class Config:
 
     def run_name(self) -> str:
         sparsity = "dense" if self.sparsity == "none" else f"{self.sparsity}{self.topk:g}"
-        return f"resnet18-{self.model_spec}-{sparsity}-{self.dataset}-s{self.seed}"
+        return f"resnet18-{self.model_spec}-{sparsity}-{self.dataset}-e{self.epochs}-s{self.seed}"
 
 
 # ------------------------------------------------------------------------------------ model, data
@@ -330,18 +330,6 @@ def _user_error(exc: BaseException) -> ShapebiasError | None:
     return None
 
 
-def _sample_grid(data: dict[str, Dataset], per_split: int = 10):
-    """A picture of the synthetic splits (one row per test split) for the run's artifacts."""
-    import numpy as np
-
-    splits = [data.get(name) for name in ("train", "original", "stylized", "cue_conflict")]
-    if any(split is None or not hasattr(split, "images") for split in splits):
-        return None
-    n = min(per_split, *(len(split.images) for split in splits))  # rows of equal width
-    rows = [np.concatenate(list(split.images[:n].numpy().transpose(0, 2, 3, 1)), axis=1) for split in splits]
-    return np.concatenate(rows, axis=0)
-
-
 def best_epoch_metrics(client, run_id: str) -> dict[str, float]:
     """``best_<metric>`` and ``best_<metric>_epoch`` (1-based) of the clean and stylized accuracies.
 
@@ -358,16 +346,22 @@ def best_epoch_metrics(client, run_id: str) -> dict[str, float]:
     return out
 
 
-def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None) -> str:
-    """Run (or resume) one training job; returns the MLflow run id."""
+def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None, experiment: str | None = None) -> str:
+    """Run (or resume) one training job; returns the MLflow run id.
+
+    A new run goes to ``experiment``, else the environment's (``MLFLOW_EXPERIMENT_NAME``/``_ID``),
+    else ``shapebias-train_resnet``; under ``mlflow run`` to the one ``--experiment-name`` chose.
+    """
     import mlflow
 
     from shapebias import tracking
+    from training import resnet_record
     from training.raytools import check_local_workers, init_ray, make_trainer, quiet_logger, storage_location
 
     params = dataclasses.asdict(cfg)
     new_run = run_id is None and not os.environ.get("MLFLOW_RUN_ID")
-    with tracking.tracked_run(TASK, params, run_id=run_id, run_name=cfg.run_name() if new_run else None) as active:
+    with tracking.tracked_run(TASK, params, run_id=run_id, run_name=cfg.run_name() if new_run else None,
+                              experiment=experiment) as active:
         if run_id is None:  # also name the run that `mlflow run` created (a resumed run keeps its name)
             mlflow.set_tag("mlflow.runName", cfg.run_name())
         run_id = active.info.run_id
@@ -380,11 +374,10 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
         for split in data.values():
             if hasattr(split, "check_headers"):
                 split.check_headers()
-        mlflow.set_tags({"shapebias.data_fingerprint": data_fingerprint(cfg, data), "shapebias.num_classes": str(data["train"].num_classes)})
-        grid = _sample_grid(data)
-        if grid is not None and not mlflow.get_run(run_id).data.tags.get("shapebias.samples_logged"):
-            mlflow.log_image(grid, "samples/splits.png")
-            mlflow.set_tag("shapebias.samples_logged", "1")
+        fingerprint = data_fingerprint(cfg, data)
+        mlflow.set_tag("shapebias.data_fingerprint", fingerprint)
+        tracking.describe_run(resnet_record.description(cfg, claim, data["train"].num_classes))
+        resnet_record.log_datasets(cfg, data, fingerprint)
         del data
 
         env_vars = tracking.worker_env()
@@ -411,14 +404,12 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
         model = build_model(cfg, state["num_classes"])
         model.load_state_dict(state["model"])
         model.eval()
+        data = build_data(cfg)
         with quiet_logger("mlflow.pytorch"):  # its warning that pickle is not the safe format: chosen here
-            mlflow.pytorch.log_model(
-                model,
-                name="model",
-                serialization_format="pickle",  # the whole module (needs `shapebias` importable to load)
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-            )
+            resnet_record.log_model(model, data["original"][0][0].unsqueeze(0))
         mlflow.log_metrics(best_epoch_metrics(mlflow.MlflowClient(), run_id))
+        test_predictions = predict(model, data["original"], torch.device("cpu"), workers=_loader_workers(cfg)).numpy()
+        resnet_record.log_figures(model, data, cfg.run_name(), test_predictions, run_id)
         metrics = mlflow.get_run(run_id).data.metrics
     print(f"\nrun {run_id} finished ({cfg.run_name()}); {claim.describe()}")
     for key in ("test_acc", "stylized_acc", "best_test_acc", "best_stylized_acc", "shape_bias", "train_acc"):
@@ -440,6 +431,8 @@ def parser() -> argparse.ArgumentParser:
     p = parser_from_config(Config, "shapebias train-resnet", __doc__.split("\n\n")[0], suppress=True,
                            default_note=lambda name: ", or the protocol's" if name in PROTOCOL_SET else "")
     p.add_argument("--run-id", default=None, help="resume this MLflow run (default: the active run, or a new one)")
+    p.add_argument("--experiment", default=None,
+                   help="MLflow experiment of a new run (default: $MLFLOW_EXPERIMENT_NAME, else shapebias-train_resnet)")
     return p
 
 
@@ -463,7 +456,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def _main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    run(config_from_args(args), run_id=args.run_id or None)
+    run(config_from_args(args), run_id=args.run_id or None, experiment=args.experiment or None)
     return 0
 
 
