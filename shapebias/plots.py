@@ -369,6 +369,7 @@ def curves_figure(histories: Mapping[str, Sequence[tuple[int, float]]], title: s
     frac_ax.set_ylim(0, 1)
     for ax in (loss_ax, frac_ax):
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)

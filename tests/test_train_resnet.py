@@ -235,8 +235,9 @@ def test_run_is_described_for_comparison(mlflow_store, tmp_path, ray_local):
     train_rows = json.loads([d for d in run.inputs.dataset_inputs if d.dataset.name == "synthetic-train"][0].dataset.profile)
     assert train_rows["num_rows"] == 3 * 4
     model = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
-    assert model.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 3, 16, 16]
-    assert model.signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 3]
+    assert list(model.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 3, 16, 16]
+    assert list(model.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 3]
+    assert model.saved_input_example_info["type"] == "ndarray"
     figures = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id, "figures")}
     assert set(figures) == {"figures/samples.png", "figures/confusion_test.png", "figures/curves.png"}
     assert all(size > 5000 for size in figures.values())
