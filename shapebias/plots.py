@@ -310,7 +310,7 @@ def sample_grid_figure(rows: Mapping[str, Sequence[tuple[Any, str, bool]]], titl
     plt = _pyplot()
     width = max(len(items) for items in rows.values())
     fig, axes = plt.subplots(len(rows), width, figsize=(1.35 * width + 0.6, 1.75 * len(rows)), squeeze=False)
-    for ax_row, (split, items) in zip(axes, rows.items()):
+    for ax_row, (split, items) in zip(axes, rows.items(), strict=True):
         for c, ax in enumerate(ax_row):
             ax.set_xticks([])
             ax.set_yticks([])

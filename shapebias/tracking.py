@@ -168,8 +168,7 @@ def log_dataset(frame, *, name: str, digest: str, context: str, source: str | No
     data fingerprint as its digest and ``context`` ``training`` or ``evaluation``."""
     from mlflow.data.pandas_dataset import from_pandas
 
-    dataset = from_pandas(frame, source=source, name=name, digest=digest) if source else from_pandas(frame, name=name, digest=digest)
-    mlflow.log_input(dataset, context=context)
+    mlflow.log_input(from_pandas(frame, source=source, name=name, digest=digest), context=context)
 
 
 @dataclasses.dataclass(frozen=True)

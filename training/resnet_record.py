@@ -32,15 +32,19 @@ def description(cfg: Any, claim: Any, num_classes: int) -> str:
     """One paragraph: model, sparsity and k, data, epochs, protocol (or off-protocol and why)."""
     sparsity = "dense (no Top-K)" if cfg.sparsity == "none" else f"{cfg.sparsity} k={cfg.topk:g} in {cfg.topk_layers}"
     if cfg.dataset == "synthetic":
-        data = (f"the synthetic cue-conflict benchmark ({cfg.synthetic_classes} classes, "
-                f"{cfg.synthetic_train_per_class} train / {cfg.synthetic_test_per_class} test images per class, "
-                f"{cfg.image_size} px)")
+        data = (
+            f"the synthetic cue-conflict benchmark ({cfg.synthetic_classes} classes, "
+            f"{cfg.synthetic_train_per_class} train / {cfg.synthetic_test_per_class} test images per class, "
+            f"{cfg.image_size} px)"
+        )
     else:
         data = f"ImageNet subset {cfg.dataset} ({num_classes} classes) from {cfg.data_dir}"
     protocol = claim.describe() if claim.on_protocol else f"off-protocol: {claim.describe()}"
-    return (f"ResNet-18 ({cfg.model_spec} spec, stem stride {cfg.stem_stride}), {sparsity}, "
-            f"trained {cfg.epochs} epoch(s) on {data}; batch {cfg.batch_size} per worker x {cfg.num_workers}, "
-            f"lr {cfg.lr:g} (cosine), seed {cfg.seed}. {protocol}.")
+    return (
+        f"ResNet-18 ({cfg.model_spec} spec, stem stride {cfg.stem_stride}), {sparsity}, "
+        f"trained {cfg.epochs} epoch(s) on {data}; batch {cfg.batch_size} per worker x {cfg.num_workers}, "
+        f"lr {cfg.lr:g} (cosine), seed {cfg.seed}. {protocol}."
+    )
 
 
 def labels(split: Dataset) -> np.ndarray:
@@ -72,8 +76,13 @@ def log_datasets(cfg: Any, data: Mapping[str, Dataset], fingerprint: str) -> Non
 
     test = [_frame(name, split) for name, split in data.items() if name != "train"]
     source = cfg.data_dir or None
-    tracking.log_dataset(_frame("train", data["train"]), name=f"{cfg.dataset}-train",
-                         digest=fingerprint, context="training", source=source)
+    tracking.log_dataset(
+        _frame("train", data["train"]),
+        name=f"{cfg.dataset}-train",
+        digest=fingerprint,
+        context="training",
+        source=source,
+    )
     if test:
         frame = pd.concat(test, ignore_index=True).fillna("")
         tracking.log_dataset(frame, name=f"{cfg.dataset}-test", digest=fingerprint, context="evaluation", source=source)
@@ -97,13 +106,20 @@ def _grid_row(model: nn.Module, name: str, split: Dataset) -> list[tuple[np.ndar
     names, truth = class_names(split), labels(split)[index]
     if name == "cue_conflict":
         shape, texture = np.asarray(split.shape)[index], np.asarray(split.texture)[index]
-        captions = [f"shape {names[s]}\ntexture {names[t]}\npred {names[p]}" for s, t, p in zip(shape, texture, predicted)]
+        captions = [
+            f"shape {names[s]}\ntexture {names[t]}\npred {names[p]}"
+            for s, t, p in zip(shape, texture, predicted, strict=True)
+        ]
     else:
-        captions = [f"true {names[y]}\npred {names[p]}" for y, p in zip(truth, predicted)]
-    return [(_display(split, int(i)), c, bool(p == y)) for i, c, p, y in zip(index, captions, predicted, truth)]
+        captions = [f"true {names[y]}\npred {names[p]}" for y, p in zip(truth, predicted, strict=True)]
+    return [
+        (_display(split, int(i)), c, bool(p == y)) for i, c, p, y in zip(index, captions, predicted, truth, strict=True)
+    ]
 
 
-def log_figures(model: nn.Module, data: Mapping[str, Dataset], run_name: str, test_predictions: np.ndarray, run_id: str) -> None:
+def log_figures(
+    model: nn.Module, data: Mapping[str, Dataset], run_name: str, test_predictions: np.ndarray, run_id: str
+) -> None:
     """Samples with predictions, the clean test split's confusion matrix, the per-epoch curves."""
     model.eval()
     rows = {name: _grid_row(model, name, split) for name, split in data.items()}
@@ -112,7 +128,9 @@ def log_figures(model: nn.Module, data: Mapping[str, Dataset], run_name: str, te
     histories = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in CURVES}
     figures = {
         "samples": plots.sample_grid_figure(rows, f"{run_name}: samples and predictions (green: right, red: wrong)"),
-        "confusion": plots.confusion_figure(labels(test), test_predictions, class_names(test), f"{run_name}: clean test split"),
+        "confusion": plots.confusion_figure(
+            labels(test), test_predictions, class_names(test), f"{run_name}: clean test split"
+        ),
         "curves": plots.curves_figure(histories, f"{run_name}: per epoch"),
     }
     for key, fig in figures.items():
