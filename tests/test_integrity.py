@@ -121,7 +121,8 @@ def test_sigterm_ends_the_run_killed(tmp_path):
             time.sleep(2)
             if client is None and (tmp_path / "mlflow.db").exists():
                 client = MlflowClient(integrity.open_store(uri))  # the job may still be creating it
-            runs = client.search_runs(["0"]) if client else []
+            experiment = client.get_experiment_by_name("shapebias-train_resnet") if client else None
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
             # step 1 is logged after epoch 0's checkpoint was reported (the sleep comes before it)
             if runs and len(client.get_metric_history(runs[0].info.run_id, "train_loss")) >= 2:
                 run = runs[0]
@@ -172,7 +173,7 @@ def test_compare_writes_its_own_folder_and_uploads_only_it(mlflow_store, tmp_pat
     (out / "private.txt").write_text("not a report")
     assert compare.main(["--experiment", "t1", "--output-dir", str(out)]) == 0
     client = MlflowClient(mlflow_store)
-    run = client.search_runs([client.get_experiment_by_name("Default").experiment_id])[0]
+    run = client.search_runs([client.get_experiment_by_name("shapebias-compare").experiment_id])[0]
     folder = out / f"compare-{run.info.run_id}"
     assert folder.is_dir() and (folder / "report.html").exists()
     assert sorted(p.name for p in out.iterdir()) == [folder.name, "private.txt"]
