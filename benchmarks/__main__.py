@@ -9,8 +9,8 @@ Sections (``--sections``, default all):
             Ray workers, with peak memory.
 
 Where CUDA is present the ``topk`` and ``step`` sections also run on the GPU (channels_last,
-bf16 and torch.compile variants; see ``--cuda-options``). Prints Markdown tables and the goals
-of issue 9, and writes everything as JSON to ``benchmarks/results/`` (``latest.json`` and a
+bf16 and torch.compile variants; see ``--cuda-options``). Prints Markdown tables and the
+performance goals, and writes everything as JSON to ``benchmarks/results/`` (``latest.json`` and a
 time-stamped copy). Timings are medians of interleaved repeats; the load average before and
 after is recorded because the machine may be shared.
 """
@@ -272,7 +272,7 @@ def render(result: dict) -> str:
     if result.get("goals"):
         parts += [
             "",
-            "Goals (issue 9):",
+            "Goals:",
             "",
             table(
                 ["goal", "measured", "met"],

@@ -65,7 +65,7 @@ def check_workers(num_workers: int, resources: dict[str, float]) -> None:
 
 
 def check_local_workers(num_workers: int) -> None:
-    """Without ``RAY_ADDRESS`` Ray starts on this machine: refuse more workers than its CPUs before
+    """Without ``RAY_ADDRESS`` Ray starts on the local machine: refuse more workers than its CPUs before
     anything starts (:func:`make_trainer` checks the resources of any cluster)."""
     if not os.environ.get("RAY_ADDRESS"):
         check_workers(num_workers, {"CPU": os.cpu_count() or 1})

@@ -253,7 +253,7 @@ def job_env(experiment_id: str, job: Job) -> dict[str, str]:
 
 
 def launch_local(jobs: Sequence[Job], experiment_id: str) -> list[tuple[Job, int]]:
-    """One job after another in this machine's environment; returns (job, exit status)."""
+    """One job after another in the local environment; returns (job, exit status)."""
     from tqdm import tqdm
 
     results = []
