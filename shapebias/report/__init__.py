@@ -10,7 +10,9 @@ no MLflow. ``training/compare.py`` reads the runs from a tracking store and hand
 * :mod:`~shapebias.report.runs`: run records, which table each feeds, cells of seeds;
 * :mod:`~shapebias.report.stats`: the tests (scipy.stats) and Holm's correction;
 * :mod:`~shapebias.report.verdicts`: a claim tested per cell, decided per claim;
-* :mod:`~shapebias.report.tables`: Table 1, Table 2a/2b, shape bias (each a :class:`TableResult`);
+* :mod:`~shapebias.report.tables`: :class:`Section` and :class:`TableResult`, the tables' skeleton;
+* :mod:`~shapebias.report.table1`, :mod:`~shapebias.report.table2`,
+  :mod:`~shapebias.report.shape_bias_table`: Table 1, Table 2a/2b, shape bias (each a :class:`TableResult`);
 * :mod:`~shapebias.report.build`: the whole :class:`Report`;
 * :mod:`~shapebias.report.render`: text, Markdown, HTML and CSV files.
 """

@@ -9,8 +9,11 @@ import pandas as pd
 
 from shapebias.report import onprotocol
 from shapebias.report.runs import LeftOut, Run, select_runs
+from shapebias.report.shape_bias_table import shape_bias_tables
 from shapebias.report.study import study_figures, study_table
-from shapebias.report.tables import Section, TableResult, fastgan_fid_tables, resnet_accuracy_table, shape_bias_tables
+from shapebias.report.table1 import resnet_accuracy_table
+from shapebias.report.table2 import fastgan_fid_tables
+from shapebias.report.tables import Section, TableResult
 from shapebias.report.verdicts import Verdict, decide
 
 BUILDERS: dict[str, Callable[[Sequence[Run]], TableResult]] = {
