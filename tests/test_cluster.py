@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-from shapebias import cluster, settings
+from shapebias import cluster, rayjob, settings
 from tools import devtools
 
 NS = "research"
@@ -134,7 +134,7 @@ def test_submit_creates_the_rayjob(api, capsys):
     body = posts[0]["body"]
     assert body["apiVersion"] == "ray.io/v1" and body["kind"] == "RayJob"
     name = body["metadata"]["name"]
-    assert name.startswith("shapebias-train-resnet-") and len(name) <= cluster.MAX_NAME
+    assert name.startswith("shapebias-train-resnet-") and len(name) <= rayjob.MAX_NAME
     assert body["metadata"]["namespace"] == NS
     assert body["spec"]["entrypoint"] == (
         f"python -m shapebias.cluster driver train_resnet --job-name {name} -P topk=0.1 -P sparsity=topk_mean"
@@ -262,7 +262,7 @@ def test_job_args_follow_mlproject():
     assert args[args.index("--topk") + 1] == "0.1"
     assert args[args.index("--data-dir") + 1] == "/a b"
     assert args[args.index("--storage-path") + 1] == ""
-    default_epochs = str(cluster.load_entry_points()["train_resnet"]["parameters"]["epochs"]["default"])
+    default_epochs = str(rayjob.load_entry_points()["train_resnet"]["parameters"]["epochs"]["default"])
     assert args[args.index("--epochs") + 1] == default_epochs
     with pytest.raises(cluster.ConfigError, match="data_dir of train_fastgan has no default"):
         cluster.job_args("train_fastgan", {})
