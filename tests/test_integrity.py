@@ -105,8 +105,8 @@ def test_liveness_of_running_runs(mlflow_store, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_sigterm_ends_the_run_killed(tmp_path):
-    """A real driver (tiny synthetic run, Ray local) is sent SIGTERM once its first checkpoint is
-    recorded: the run ends KILLED, exit status 143, no traceback from the driver."""
+    """A real driver (tiny synthetic run, Ray local) is sent SIGTERM once its first epoch is
+    logged: the run ends KILLED, exit status 143, no traceback from the driver."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -123,11 +123,11 @@ def test_sigterm_ends_the_run_killed(tmp_path):
                 client = MlflowClient(integrity.open_store(uri))  # the job may still be creating it
             experiment = client.get_experiment_by_name("shapebias-train_resnet") if client else None
             runs = client.search_runs([experiment.experiment_id]) if experiment else []
-            # step 1 is logged after epoch 0's checkpoint was reported (the sleep comes before it)
-            if runs and len(client.get_metric_history(runs[0].info.run_id, "train_loss")) >= 2:
+            # epoch 0 is logged, and the job then sleeps: the signal arrives in the middle of a job
+            if runs and client.get_metric_history(runs[0].info.run_id, "train_loss"):
                 run = runs[0]
                 break
-        assert run is not None, "the second epoch was never logged"
+        assert run is not None, "the first epoch was never logged"
         assert run.info.status == "RUNNING" and run.data.tags[integrity.PID_TAG] == str(proc.pid)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
