@@ -48,8 +48,15 @@ def build(spec: str, variant: str, image_size: int, stem_stride: int, num_classe
     from training.train_resnet import Config, build_model
 
     sp = "none" if variant == "dense" else "topk"
-    cfg = Config(sparsity=sp, topk=0.2, topk_layers="layer2", model_spec=spec, stem_stride=stem_stride,
-                 dataset="synthetic", image_size=image_size)
+    cfg = Config(
+        sparsity=sp,
+        topk=0.2,
+        topk_layers="layer2",
+        model_spec=spec,
+        stem_stride=stem_stride,
+        dataset="synthetic",
+        image_size=image_size,
+    )
     torch.manual_seed(0)
     model = build_model(cfg, num_classes)
     if variant == "topk-direct" and swap_direct(model) == 0:
@@ -73,8 +80,16 @@ def make_step(model: nn.Module, spec: str, x: torch.Tensor, y: torch.Tensor, dev
     return step
 
 
-def run(quick: bool, repeats: int, devices: list[str], image_size: int, batch: int, stem_stride: int,
-        options: dict[str, tuple[str, ...]], progress=print) -> list[dict[str, Any]]:
+def run(
+    quick: bool,
+    repeats: int,
+    devices: list[str],
+    image_size: int,
+    batch: int,
+    stem_stride: int,
+    options: dict[str, tuple[str, ...]],
+    progress=print,
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     measurements: list = []
     variants = ("dense", "topk", "topk-direct")
@@ -83,7 +98,9 @@ def run(quick: bool, repeats: int, devices: list[str], image_size: int, batch: i
             flags = set(opt_name.split("+")) - {"plain"}
             unknown = flags - {"channels_last", "bf16", "compile"}
             if unknown:
-                raise SystemExit(f"error: unknown step option(s) {sorted(unknown)}; use channels_last, bf16, compile joined by +")
+                raise SystemExit(
+                    f"error: unknown step option(s) {sorted(unknown)}; use channels_last, bf16, compile joined by +"
+                )
             for spec in ("code", "paper"):
                 gen = torch.Generator().manual_seed(1)
                 x = torch.randn(batch, 3, image_size, image_size, generator=gen).to(device)
@@ -100,22 +117,32 @@ def run(quick: bool, repeats: int, devices: list[str], image_size: int, batch: i
                         model = torch.compile(model)
                     steps[variant] = make_step(model, spec, x, y, device, "bf16" in flags)
                 label = f"ResNet-18 step, {device}, {opt_name}, {batch}x3x{image_size}^2 /{stem_stride}"
-                timed, _ = interleaved(steps, repeats, label=label, sub_label=spec, warmup=2 if "compile" in flags else 1)
+                timed, _ = interleaved(
+                    steps, repeats, label=label, sub_label=spec, warmup=2 if "compile" in flags else 1
+                )
                 measurements.extend(timed.values())
                 times = {name: seconds(m) for name, m in timed.items()}
                 base = med(times["dense"])
                 for variant in variants:
                     row: dict[str, Any] = {
-                        "device": device, "options": opt_name, "spec": spec, "variant": variant,
-                        "batch": batch, "image_size": image_size, "stem_stride": stem_stride,
-                        "step_ms": med(times[variant]) * 1e3, "step_min_ms": min(times[variant]) * 1e3,
+                        "device": device,
+                        "options": opt_name,
+                        "spec": spec,
+                        "variant": variant,
+                        "batch": batch,
+                        "image_size": image_size,
+                        "stem_stride": stem_stride,
+                        "step_ms": med(times[variant]) * 1e3,
+                        "step_min_ms": min(times[variant]) * 1e3,
                         "all_ms": [round(t * 1e3, 1) for t in times[variant]],
                         "over_dense": med(times[variant]) / base,
                     }
                     gc.collect()
                     row["peak_mb"] = peak_memory_mb(steps[variant], device)
                     rows.append(row)
-                    progress(f"  step {device} {opt_name} {spec:<5} {variant:<11}: {row['step_ms']:.0f} ms ({row['over_dense']:.3f}x dense)")
+                    progress(
+                        f"  step {device} {opt_name} {spec:<5} {variant:<11}: {row['step_ms']:.0f} ms ({row['over_dense']:.3f}x dense)"
+                    )
                 del steps, models, x, y
                 gc.collect()
     progress(compare_table(measurements))

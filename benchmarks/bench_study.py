@@ -60,8 +60,15 @@ def pilot(variants: list[str], seeds: list[int], cores: int, overrides: dict[str
     cpu = statistics.mean(r["cpu_s"] for r in rows)
     render = statistics.mean(r["cpu_s"] for r in renders)
     total = len(full) * cpu + len({p.cfg.seed for p in full}) * render
-    return {"runs": rows, "render": renders, "cpu_s_per_run": cpu, "study_runs": len(full),
-            "projected_cpu_s": total, "cores": cores, "projected_wall_s": total / cores}
+    return {
+        "runs": rows,
+        "render": renders,
+        "cpu_s_per_run": cpu,
+        "study_runs": len(full),
+        "projected_cpu_s": total,
+        "cores": cores,
+        "projected_wall_s": total / cores,
+    }
 
 
 def full(experiment: str, tracking_uri: str, where: str) -> dict[str, Any]:
@@ -75,16 +82,30 @@ def full(experiment: str, tracking_uri: str, where: str) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`shapebias.task` = 'train_resnet'", max_results=1000)
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string="tags.`shapebias.task` = 'train_resnet'", max_results=1000
+    )
     cpu = [r.data.metrics["train_cpu_s"] for r in runs if "train_cpu_s" in r.data.metrics]
-    return {"exit_status": rc, "runs": len(runs), "wall_s": wall, "goal_s": GOAL_S, "goal_met": wall <= GOAL_S and rc == 0,
-            "cpu_s_per_run": statistics.mean(cpu) if cpu else float("nan"), "tracking_uri": tracking_uri}
+    return {
+        "exit_status": rc,
+        "runs": len(runs),
+        "wall_s": wall,
+        "goal_s": GOAL_S,
+        "goal_met": wall <= GOAL_S and rc == 0,
+        "cpu_s_per_run": statistics.mean(cpu) if cpu else float("nan"),
+        "tracking_uri": tracking_uri,
+    }
 
 
 def table(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
-    return "\n".join([f"| {'measure':<{width}} | value |", f"|{'-' * (width + 2)}|-------|",
-                      *(f"| {k:<{width}} | {v} |" for k, v in rows)])
+    return "\n".join(
+        [
+            f"| {'measure':<{width}} | value |",
+            f"|{'-' * (width + 2)}|-------|",
+            *(f"| {k:<{width}} | {v} |" for k, v in rows),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,8 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", default="pilot", choices=("pilot", "full"))
     ap.add_argument("--variants", default=PILOT_VARIANTS, help="pilot: the variants to time (one run each per seed)")
     ap.add_argument("--seeds", default="0", help="pilot: seeds to time")
-    ap.add_argument("--set", default="", dest="overrides",
-                    help="pilot: KEY=VALUE,... settings in place of the protocols' (how the settings were chosen)")
+    ap.add_argument(
+        "--set",
+        default="",
+        dest="overrides",
+        help="pilot: KEY=VALUE,... settings in place of the protocols' (how the settings were chosen)",
+    )
     ap.add_argument("--where", default="local", help="full: local (Ray on every core) or inline (no Ray)")
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="pilot: cores of the projection")
     ap.add_argument("--tracking-uri", default="", help="full: the store (default: a throw-away SQLite file)")
@@ -104,23 +129,39 @@ def main(argv: list[str] | None = None) -> int:
     before = load()
     print(f"load average before: {before} on {os.cpu_count()} cores", flush=True)
     if args.mode == "pilot":
-        out = pilot(study.variant_names(args.variants), study.seed_list(args.seeds), args.cores,
-                    study.parse_overrides(args.overrides))
-        rows = [("runs timed", str(len(out["runs"]))), ("CPU-s per run (mean)", f"{out['cpu_s_per_run']:.1f}"),
-                ("wall s per run (mean)", f"{statistics.mean(r['wall_s'] for r in out['runs']):.1f}"),
-                ("rendering per seed, CPU-s", f"{statistics.mean(r['cpu_s'] for r in out['render']):.2f}"),
-                ("study runs", str(out["study_runs"])), ("projected CPU-s", f"{out['projected_cpu_s']:.0f}"),
-                (f"projected wall on {out['cores']} cores (s)", f"{out['projected_wall_s']:.0f} (goal {GOAL_S})")]
+        out = pilot(
+            study.variant_names(args.variants),
+            study.seed_list(args.seeds),
+            args.cores,
+            study.parse_overrides(args.overrides),
+        )
+        rows = [
+            ("runs timed", str(len(out["runs"]))),
+            ("CPU-s per run (mean)", f"{out['cpu_s_per_run']:.1f}"),
+            ("wall s per run (mean)", f"{statistics.mean(r['wall_s'] for r in out['runs']):.1f}"),
+            ("rendering per seed, CPU-s", f"{statistics.mean(r['cpu_s'] for r in out['render']):.2f}"),
+            ("study runs", str(out["study_runs"])),
+            ("projected CPU-s", f"{out['projected_cpu_s']:.0f}"),
+            (f"projected wall on {out['cores']} cores (s)", f"{out['projected_wall_s']:.0f} (goal {GOAL_S})"),
+        ]
     else:
         tmp = tempfile.mkdtemp(prefix="bench-study-")
         out = full("bench-study", args.tracking_uri or f"sqlite:///{tmp}/mlflow.db", study.check_where(args.where))
-        rows = [("runs", str(out["runs"])), ("wall s", f"{out['wall_s']:.0f}"), ("goal s", str(GOAL_S)),
-                ("goal met", str(out["goal_met"])), ("CPU-s per run (mean)", f"{out['cpu_s_per_run']:.1f}")]
+        rows = [
+            ("runs", str(out["runs"])),
+            ("wall s", f"{out['wall_s']:.0f}"),
+            ("goal s", str(GOAL_S)),
+            ("goal met", str(out["goal_met"])),
+            ("CPU-s per run (mean)", f"{out['cpu_s_per_run']:.1f}"),
+        ]
     after = load()
     rows += [("load average before", str(before)), ("load average after", str(after))]
     print(table(rows))
-    path = Path(args.out) if args.out else (Path(__file__).parent / "results" /
-                                            f"study-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json")
+    path = (
+        Path(args.out)
+        if args.out
+        else (Path(__file__).parent / "results" / f"study-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json")
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"mode": args.mode, "load_before": before, "load_after": after, **out}, indent=1))
     print(f"written {path}")

@@ -33,8 +33,14 @@ def fwd_bwd(fn, x: torch.Tensor, g: torch.Tensor):
 
 
 def bench_case(
-    shape: tuple[int, ...], k: float, mode: str, repeats: int, device: str = "cpu",
-    dtype: torch.dtype = torch.float32, channels_last: bool = False, memory: bool = True,
+    shape: tuple[int, ...],
+    k: float,
+    mode: str,
+    repeats: int,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+    memory: bool = True,
     collect: list | None = None,
 ) -> dict[str, Any]:
     """One case's row; its ``torch.utils.benchmark`` Measurements are appended to ``collect``."""
@@ -52,9 +58,16 @@ def bench_case(
         "fast": fwd_bwd(lambda t: sparsity.topk(t, k, mode), x, g),
     }
     row: dict[str, Any] = {
-        "device": device, "shape": "x".join(map(str, shape)), "k": k, "mode": mode,
-        "dtype": str(dtype).replace("torch.", ""), "channels_last": channels_last, "input": "post-ReLU",
-        "backend": sparsity._backend(x, None), "repeats": repeats, "threads": torch.get_num_threads(),
+        "device": device,
+        "shape": "x".join(map(str, shape)),
+        "k": k,
+        "mode": mode,
+        "dtype": str(dtype).replace("torch.", ""),
+        "channels_last": channels_last,
+        "input": "post-ReLU",
+        "backend": sparsity._backend(x, None),
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
     }
     sub_label = f"{row['shape']} k={k} {row['dtype']}{' cl' if channels_last else ''}"
     measurements, cpu = interleaved(fns, repeats, label=f"Top-K fwd+bwd, {device}, {mode}", sub_label=sub_label)

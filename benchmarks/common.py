@@ -17,7 +17,11 @@ from torch.utils import benchmark
 
 
 def interleaved(
-    fns: dict[str, Callable[[], Any]], repeats: int, label: str = "", sub_label: str = "", warmup: int = 1,
+    fns: dict[str, Callable[[], Any]],
+    repeats: int,
+    label: str = "",
+    sub_label: str = "",
+    warmup: int = 1,
 ) -> tuple[dict[str, benchmark.Measurement], dict[str, list[float]]]:
     """Time every function ``repeats`` times, interleaved (A B C A B C ...) so that load from other
     processes drifts over all variants alike: one :class:`torch.utils.benchmark.Timer` per function,
@@ -41,8 +45,15 @@ def interleaved(
         return now
 
     timers = {
-        name: benchmark.Timer("fn()", globals={"fn": fn}, label=label, sub_label=sub_label, description=name,
-                              num_threads=threads, timer=clock(cpu_marks[name]))
+        name: benchmark.Timer(
+            "fn()",
+            globals={"fn": fn},
+            label=label,
+            sub_label=sub_label,
+            description=name,
+            num_threads=threads,
+            timer=clock(cpu_marks[name]),
+        )
         for name, fn in fns.items()
     }
     for fn in fns.values():

@@ -63,8 +63,13 @@ def check_int(name: str, value, lo: int | None = None, hi: int | None = None) ->
     """``value`` as an integer in [lo, hi] (default: :data:`INT_LIMITS`), else ConfigError naming it."""
     dlo, dhi = INT_LIMITS.get(name, (None, None))
     lo, hi = dlo if lo is None else lo, dhi if hi is None else hi
-    bounds = (f"an integer from {lo} to {hi}" if hi is not None else
-              f"an integer of at least {lo}" if lo is not None else "an integer")
+    bounds = (
+        f"an integer from {lo} to {hi}"
+        if hi is not None
+        else f"an integer of at least {lo}"
+        if lo is not None
+        else "an integer"
+    )
     try:
         number = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):

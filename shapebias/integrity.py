@@ -28,8 +28,10 @@ TERMINATED_TAG = "shapebias.terminated"  # the signal that ended the run (KILLED
 RUN_ID_RE = re.compile(r"[0-9a-f]{32}")
 CONNECT_TIMEOUT_S = 3.0
 DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
-ACCEPTED_URIS = ("a folder, file:///PATH, sqlite:///PATH, http(s)://HOST[:PORT], "
-                 "postgresql://USER@HOST[:PORT]/DB, mysql://..., mssql://..., databricks")
+ACCEPTED_URIS = (
+    "a folder, file:///PATH, sqlite:///PATH, http(s)://HOST[:PORT], "
+    "postgresql://USER@HOST[:PORT]/DB, mysql://..., mssql://..., databricks"
+)
 
 
 # ------------------------------------------------------------------------------- tracking store
@@ -45,8 +47,10 @@ def _reachable(uri: str, host: str, port: int) -> None:
     try:
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
-        raise ConfigError(f"tracking URI {uri!r}: {host}:{port} is unreachable ({exc.strerror or exc}); "
-                          "start the tracking server or fix the address") from None
+        raise ConfigError(
+            f"tracking URI {uri!r}: {host}:{port} is unreachable ({exc.strerror or exc}); "
+            "start the tracking server or fix the address"
+        ) from None
 
 
 def check_tracking_uri(uri: str) -> str:
@@ -61,7 +65,9 @@ def check_tracking_uri(uri: str) -> str:
         _local_parent(parsed.path if scheme == "file" else text, text)
     elif scheme == "sqlite":
         if parsed.netloc or not parsed.path.strip("/"):
-            raise ConfigError(f"tracking URI {text!r} is not accepted; a SQLite store is sqlite:///PATH (three slashes)")
+            raise ConfigError(
+                f"tracking URI {text!r} is not accepted; a SQLite store is sqlite:///PATH (three slashes)"
+            )
         _local_parent(parsed.path[1:] if parsed.path.startswith("//") else parsed.path, text)
     elif scheme in ("http", "https", *DB_PORTS):
         try:
@@ -200,8 +206,9 @@ def _norm(value) -> str:
         return text.lower() if text.lower() in ("true", "false") else text
 
 
-def check_resume(client, run_id: str, task: str, task_tag: str, params: Mapping[str, str],
-                 override_prefix: str = "") -> None:
+def check_resume(
+    client, run_id: str, task: str, task_tag: str, params: Mapping[str, str], override_prefix: str = ""
+) -> None:
     """Refuse, changing nothing, to resume a run that does not exist, belongs to another task,
     already finished, still has a live process, or was started with other settings.
 
@@ -216,8 +223,10 @@ def check_resume(client, run_id: str, task: str, task_tag: str, params: Mapping[
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise ConfigError(f"run id {run_id!r} does not exist in {client.tracking_uri}; "
-                          "pass the id of an existing run, or leave --run-id out to start a new one") from None
+        raise ConfigError(
+            f"run id {run_id!r} does not exist in {client.tracking_uri}; "
+            "pass the id of an existing run, or leave --run-id out to start a new one"
+        ) from None
     tags, status = run.data.tags, run.info.status
     if run.info.lifecycle_stage == "deleted":
         raise ConfigError(f"run {run_id} is deleted; restore it in the MLflow UI or start a new run")
@@ -227,17 +236,21 @@ def check_resume(client, run_id: str, task: str, task_tag: str, params: Mapping[
         raise ConfigError(f"run {run_id} is a {tags[task_tag]} run, not {task}; resume it with its own job")
     logged = dict(run.data.params)
     if override_prefix:
-        logged.update({k[len(override_prefix):]: v for k, v in tags.items() if k.startswith(override_prefix)})
+        logged.update({k[len(override_prefix) :]: v for k, v in tags.items() if k.startswith(override_prefix)})
     changed = [k for k in sorted(params) if k in logged and _norm(logged[k]) != _norm(params[k])]
     if changed:
         diff = ", ".join(f"{k}={params[k]!r} (logged {logged[k]!r})" for k in changed)
-        raise ConfigError(f"run {run_id} was started with other settings: {diff}; "
-                          "resume with the logged settings, or start a new run for new ones")
+        raise ConfigError(
+            f"run {run_id} was started with other settings: {diff}; "
+            "resume with the logged settings, or start a new run for new ones"
+        )
     if status == "FINISHED":
         raise ConfigError(f"run {run_id} already finished; start a new run (leave out --run-id and MLFLOW_RUN_ID)")
     if is_live(status, tags):
-        raise ConfigError(f"run {run_id} is still running ({describe_owner(tags)}); "
-                          "wait for it to end, or stop that process before resuming")
+        raise ConfigError(
+            f"run {run_id} is still running ({describe_owner(tags)}); "
+            "wait for it to end, or stop that process before resuming"
+        )
 
 
 # --------------------------------------------------------------------------------- termination

@@ -32,17 +32,30 @@ def command_name(name: str) -> str:
     return name.replace("_", "-")
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("train_resnet", "training.train_resnet", "train ResNet-18 with Top-K sparsity (Ray Train + MLflow)",
-         resumable=True),
-    Task("shape_bias", "training.shape_bias", "score AlexNet/VGG-16 with Top-K at inference on cue-conflict"),
-    Task("train_fastgan", "training.train_fastgan", "train FastGAN with Top-K, scored by FID", resumable=True),
-    Task("texture_synthesis", "training.texture_synthesis", "texture synthesis / feature inversion with Top-K masks"),
-    Task("compare", "training.compare", "build the reproduction tables from MLflow runs"),
-    Task("reproduce", "training.reproduce", "launch the runs a table is missing", tracked=False, cluster=False),
-    Task("synthetic_study", "training.study", "the synthetic shape-bias study: variants x seeds as Ray tasks, one parent run",
-         cluster=False),
-)}
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task(
+            "train_resnet",
+            "training.train_resnet",
+            "train ResNet-18 with Top-K sparsity (Ray Train + MLflow)",
+            resumable=True,
+        ),
+        Task("shape_bias", "training.shape_bias", "score AlexNet/VGG-16 with Top-K at inference on cue-conflict"),
+        Task("train_fastgan", "training.train_fastgan", "train FastGAN with Top-K, scored by FID", resumable=True),
+        Task(
+            "texture_synthesis", "training.texture_synthesis", "texture synthesis / feature inversion with Top-K masks"
+        ),
+        Task("compare", "training.compare", "build the reproduction tables from MLflow runs"),
+        Task("reproduce", "training.reproduce", "launch the runs a table is missing", tracked=False, cluster=False),
+        Task(
+            "synthetic_study",
+            "training.study",
+            "the synthetic shape-bias study: variants x seeds as Ray tasks, one parent run",
+            cluster=False,
+        ),
+    )
+}
 
 TRACKED = tuple(name for name, t in TASKS.items() if t.tracked)
 CLUSTER = tuple(name for name, t in TASKS.items() if t.cluster)

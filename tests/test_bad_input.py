@@ -64,9 +64,9 @@ def _imagenet_with_bomb(d: Path) -> list[str]:
 @dataclasses.dataclass
 class Case:
     id: str
-    module: str       # the module whose main() runs (shapebias.cli: the `shapebias` command)
-    argv: list        # may hold callables: f(case_dir) -> str or list (files the case needs)
-    expect: str       # in the error line: the value, or what it names
+    module: str  # the module whose main() runs (shapebias.cli: the `shapebias` command)
+    argv: list  # may hold callables: f(case_dir) -> str or list (files the case needs)
+    expect: str  # in the error line: the value, or what it names
     env: dict = dataclasses.field(default_factory=dict)
     no_store: bool = False  # the store itself is bad: nothing may be created at all
 
@@ -91,12 +91,29 @@ CASES = [
     Case("resnet-run-id-unknown", R, ["--run-id", RUN_ID], f"run id '{RUN_ID}' does not exist"),
     Case("resnet-decompression-bomb", R, [_imagenet_with_bomb], "a.png' is refused"),
     Case("resnet-uri-bad-scheme", R, [], "scheme 'htp'", env={"MLFLOW_TRACKING_URI": "htp://x"}, no_store=True),
-    Case("resnet-uri-unreachable", R, [], "is unreachable",
-         env={"MLFLOW_TRACKING_URI": lambda d: f"http://127.0.0.1:{_closed_port()}"}, no_store=True),
-    Case("resnet-uri-missing-folder", R, [], "does not exist",
-         env={"MLFLOW_TRACKING_URI": lambda d: f"sqlite:///{d}/no/such/mlflow.db"}, no_store=True),
+    Case(
+        "resnet-uri-unreachable",
+        R,
+        [],
+        "is unreachable",
+        env={"MLFLOW_TRACKING_URI": lambda d: f"http://127.0.0.1:{_closed_port()}"},
+        no_store=True,
+    ),
+    Case(
+        "resnet-uri-missing-folder",
+        R,
+        [],
+        "does not exist",
+        env={"MLFLOW_TRACKING_URI": lambda d: f"sqlite:///{d}/no/such/mlflow.db"},
+        no_store=True,
+    ),
     Case("resnet-run-id-env-unknown", R, [], f"run id '{RUN_ID}' does not exist", env={"MLFLOW_RUN_ID": RUN_ID}),
-    Case("fastgan-iterations-absurd", G, ["--data-dir", few_shot, *GAN, "--iterations", "1e12"], "iterations=1000000000000"),
+    Case(
+        "fastgan-iterations-absurd",
+        G,
+        ["--data-dir", few_shot, *GAN, "--iterations", "1e12"],
+        "iterations=1000000000000",
+    ),
     Case("fastgan-lr-negative", G, ["--data-dir", few_shot, *GAN, "--lr", "-1"], "lr=-1.0"),
     Case("fastgan-seed-not-a-number", G, ["--data-dir", few_shot, *GAN, "--seed", "x1"], "seed='x1'"),
     Case("fastgan-decompression-bomb", G, ["--data-dir", few_shot, *GAN], "a.png"),
@@ -107,21 +124,40 @@ CASES = [
     Case("texture-image-size-absurd", T, ["--weights", "random", "--image-size", "1e6"], "image_size='1e6'"),
     Case("texture-steps-negative", T, ["--weights", "random", "--steps", "-1"], "steps='-1'"),
     Case("texture-topk-nan", T, ["--weights", "random", "--topk", "nan"], "topk='nan'"),
-    Case("texture-decompression-bomb", T, ["--weights", "random", "--image", lambda d: str(bomb_png(d / "b.png"))],
-         "b.png' is refused"),
-    Case("compare-uri-bad-scheme", C, ["--experiment", "e", "--tracking-uri", "htp://x"], "scheme 'htp'", no_store=True),
+    Case(
+        "texture-decompression-bomb",
+        T,
+        ["--weights", "random", "--image", lambda d: str(bomb_png(d / "b.png"))],
+        "b.png' is refused",
+    ),
+    Case(
+        "compare-uri-bad-scheme", C, ["--experiment", "e", "--tracking-uri", "htp://x"], "scheme 'htp'", no_store=True
+    ),
     Case("compare-unknown-experiment", C, ["--experiment", "nosuch"], "no experiment named 'nosuch'"),
-    Case("compare-output-dir-is-a-file", C, ["--experiment", "e", "--output-dir", lambda d: _file(d / "f.txt")],
-         "f.txt' is a file"),
+    Case(
+        "compare-output-dir-is-a-file",
+        C,
+        ["--experiment", "e", "--output-dir", lambda d: _file(d / "f.txt")],
+        "f.txt' is a file",
+    ),
     Case("reproduce-unbalanced-quotes", P, ["table1", "--job-args=--data-dir '/in"], "No closing quotation"),
     Case("reproduce-unknown-table", P, ["table9"], "table='table9'"),
-    Case("reproduce-uri-malformed", P, ["table1", "--tracking-uri", "sqlite://relative.db"], "three slashes",
-         no_store=True),
+    Case(
+        "reproduce-uri-malformed",
+        P,
+        ["table1", "--tracking-uri", "sqlite://relative.db"],
+        "three slashes",
+        no_store=True,
+    ),
     Case("cli-train-resnet-lr-inf", CLI, ["train-resnet", "--lr", "inf"], "lr=inf"),
     Case("cli-reproduce-unbalanced-quotes", CLI, ["reproduce", "table1", "--job-args", '"'], "No closing quotation"),
-    Case("cli-compare-uri-unreachable", CLI,
-         ["compare", "--experiment", "e", "--tracking-uri", lambda d: f"http://127.0.0.1:{_closed_port()}"],
-         "is unreachable", no_store=True),
+    Case(
+        "cli-compare-uri-unreachable",
+        CLI,
+        ["compare", "--experiment", "e", "--tracking-uri", lambda d: f"http://127.0.0.1:{_closed_port()}"],
+        "is unreachable",
+        no_store=True,
+    ),
     Case("cli-texture-seed-negative", CLI, ["texture-synthesis", "--weights", "random", "--seed", "-2"], "seed='-2'"),
 ]
 
@@ -239,8 +275,14 @@ def test_bad_input_ends_in_one_error_line(case, template_store, tmp_path, monkey
 def test_a_real_command_line_process(tmp_path):
     """The same contract through `python -m shapebias.cli` (no fork): a malformed store URI."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": "htp://nowhere", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "shapebias.cli", "train-resnet", "--epochs", "1"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "shapebias.cli", "train-resnet", "--epochs", "1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert len(errors) == 1 and errors[0].startswith("error: tracking URI 'htp://nowhere'"), proc.stderr

@@ -15,8 +15,8 @@ import yaml
 
 from shapebias import cli, tasks
 from shapebias.errors import ConfigError
-from training import cliargs
 from shapebias.settings import REPO_ROOT
+from training import cliargs
 
 MLPROJECT = yaml.safe_load((REPO_ROOT / "MLproject").read_text())
 VALUES = yaml.safe_load((REPO_ROOT / "deploy" / "helm" / "shapebias" / "values.yaml").read_text())
@@ -144,7 +144,8 @@ def test_parser_from_config_reads_flags_numbers_and_booleans(capsys):
         p.parse_args(["--colour", "red"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: unrecognized arguments: --colour red (see example --help)"]
+        "error: unrecognized arguments: --colour red (see example --help)"
+    ]
     help_text = " ".join(p.format_help().split())
     assert "--count INT how many (default: 3)" in help_text and "--mode {a,b} which (default: 'a')" in help_text
     assert "--loud, --no-loud say it (default: False)" in help_text
@@ -153,10 +154,12 @@ def test_parser_from_config_reads_flags_numbers_and_booleans(capsys):
 def test_one_strict_number_reading():
     assert cliargs.to_int("n", "6") == 6 and cliargs.to_int("n", "6.0") == 6 and cliargs.to_int("n", 7) == 7
     assert cliargs.to_float("x", "0.2") == 0.2
-    for bad, message in (("2.5", "n='2.5' is not accepted; expected an integer"),
-                         ("six", "n='six' is not a number; expected an integer"),
-                         (True, "n=True is not accepted"),
-                         ("0", "n='0' is not accepted; expected an integer of at least 1")):
+    for bad, message in (
+        ("2.5", "n='2.5' is not accepted; expected an integer"),
+        ("six", "n='six' is not a number; expected an integer"),
+        (True, "n=True is not accepted"),
+        ("0", "n='0' is not accepted; expected an integer of at least 1"),
+    ):
         with pytest.raises(ConfigError, match=re.escape(message)):
             cliargs.to_int("n", bad, minimum=1)
     with pytest.raises(ConfigError, match="expected a finite number"):

@@ -19,15 +19,24 @@ def tiny_set(tmp_path):
     for i in range(6):
         img = np.zeros((48, 56, 3), np.uint8)
         img[:] = rng.integers(0, 255, 3)
-        img[8 + i: 30 + i, 10:40] = rng.integers(0, 255, 3)
+        img[8 + i : 30 + i, 10:40] = rng.integers(0, 255, 3)
         Image.fromarray(img).save(folder / f"{i}.png")
     return folder
 
 
 def _args(data_dir, tmp_path, **overrides):
-    opts = {"data-dir": str(data_dir), "im-size": 64, "iterations": 2, "batch-size": 2, "width": 8,
-            "recon-loss": "l1", "fid-every": 0, "noise-injection": "true", "checkpoint-every": 1,
-            "storage-path": str(tmp_path / "ray")}
+    opts = {
+        "data-dir": str(data_dir),
+        "im-size": 64,
+        "iterations": 2,
+        "batch-size": 2,
+        "width": 8,
+        "recon-loss": "l1",
+        "fid-every": 0,
+        "noise-injection": "true",
+        "checkpoint-every": 1,
+        "storage-path": str(tmp_path / "ray"),
+    }
     opts.update(overrides)
     return [x for k, v in opts.items() for x in (f"--{k}", str(v))]
 
@@ -86,7 +95,9 @@ def test_bad_parameters_are_config_errors(tmp_path, overrides, message):
 
 
 def test_numbers_as_mlflow_passes_them(tmp_path):
-    args = train_fastgan.parser().parse_args(_args(tmp_path, tmp_path, **{"im-size": "64.0", "iterations": "20.0", "topk": "0.15"}))
+    args = train_fastgan.parser().parse_args(
+        _args(tmp_path, tmp_path, **{"im-size": "64.0", "iterations": "20.0", "topk": "0.15"})
+    )
     cfg = train_fastgan.config_from_args(args).validate()
     assert (cfg.im_size, cfg.iterations, cfg.topk, cfg.noise_injection) == (64, 20, 0.15, True)
     assert cfg.set_name() == tmp_path.name and cfg.params()["noise_injection"] == "true"
@@ -106,7 +117,13 @@ def test_tiny_run_logs_everything_and_resumes(mlflow_store, tmp_path, tiny_set, 
         rid = run.info.run_id
         assert run.info.status == "FINISHED"
         p = run.data.params
-        assert (p["dataset"], p["sparsity"], p["topk"], p["noise_injection"], p["recon_loss"]) == ("tiny", "topk", "0.05", "true", "l1")
+        assert (p["dataset"], p["sparsity"], p["topk"], p["noise_injection"], p["recon_loss"]) == (
+            "tiny",
+            "topk",
+            "0.05",
+            "true",
+            "l1",
+        )
         assert p["fid_protocol"] == "standard" and p["fid_protocol.n_samples"] == "5000" and p["seed"] == "0"
         # random Inception weights: never logged as `fid`
         assert "fid" not in run.data.metrics and "fid_unverified" in run.data.metrics
@@ -115,7 +132,12 @@ def test_tiny_run_logs_everything_and_resumes(mlflow_store, tmp_path, tiny_set, 
         curve = client.get_metric_history(rid, "fid_unverified")
         assert [m.step for m in curve] == [2, 3]  # the evaluation, then the best as the last point
         arts = {a.path for d in ("samples", "model") for a in client.list_artifacts(rid, d)}
-        assert {"samples/iter_000001.png", "samples/iter_000002.png", "samples/final.png", "model/generator_ema.pt"} <= arts
+        assert {
+            "samples/iter_000001.png",
+            "samples/iter_000002.png",
+            "samples/final.png",
+            "model/generator_ema.pt",
+        } <= arts
         assert (tmp_path / "ray" / rid).is_dir()
         assert rid in capsys.readouterr().out
 

@@ -28,9 +28,16 @@ def test_table2_protocols_follow_the_authors_scripts():
     assert table2["table2.IN-S1-C5.topk15-noise"].values()["noise_injection"] == "true"
     for p in table2.values():
         v = p.values()
-        assert (v["iterations"], v["batch_size"], v["im_size"], v["fid_protocol"], v["fid_every"],
-                v["fid_samples"], v["rollback_patience"], v["perturb_g"]) == (
-            "100000", "8", "256", "authors", "1000", "3000", "10", "0.0001"), p.name
+        assert (
+            v["iterations"],
+            v["batch_size"],
+            v["im_size"],
+            v["fid_protocol"],
+            v["fid_every"],
+            v["fid_samples"],
+            v["rollback_patience"],
+            v["perturb_g"],
+        ) == ("100000", "8", "256", "authors", "1000", "3000", "10", "0.0001"), p.name
     assert "railway" in table2["table2.train.topk"].settings["iterations"].source
 
 

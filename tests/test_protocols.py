@@ -28,12 +28,26 @@ def test_registry_holds_the_seed_table1_and_the_fig1_levels():
     assert len(protocols.for_table("table1")) == 2 * 3 * 4
     assert len(protocols.for_table("shape_bias")) == (1 + 6 + 6) + (1 + 6)
     p = protocols.get(TABLE1)
-    assert p.values() == {"model_spec": "code", "stem_stride": "2", "sparsity": "topk", "topk": "0.2",
-                          "topk_layers": "layer2", "dataset": "IN-S1", "epochs": "50", "batch_size": "32",
-                          "lr": "0.1", "num_workers": "1"}
+    assert p.values() == {
+        "model_spec": "code",
+        "stem_stride": "2",
+        "sparsity": "topk",
+        "topk": "0.2",
+        "topk_layers": "layer2",
+        "dataset": "IN-S1",
+        "epochs": "50",
+        "batch_size": "32",
+        "lr": "0.1",
+        "num_workers": "1",
+    }
     assert "topk" not in protocols.get("table1.paper.none.IN-S3").values()
-    assert protocols.get("fig1.vgg16.topk.5").values() == {"model": "vgg16", "sparsity": "topk", "topk": "0.05",
-                                                           "weights": "pretrained", "limit": "0"}
+    assert protocols.get("fig1.vgg16.topk.5").values() == {
+        "model": "vgg16",
+        "sparsity": "topk",
+        "topk": "0.05",
+        "weights": "pretrained",
+        "limit": "0",
+    }
 
 
 def test_task_settings_cover_every_config_field_exactly_once():
@@ -78,12 +92,21 @@ def test_fingerprints_are_equal_for_equal_settings_and_differ_otherwise():
     assert fp == protocols.fingerprint("train_resnet", rules.effective(same))
     for change in ({"epochs": 49}, {"lr": 0.05}, {"topk": 0.1}, {"num_workers": 2}, {"stem_stride": 1}):
         assert protocols.fingerprint("train_resnet", rules.effective({**base, **change})) != fp, change
-    assert protocols.fingerprint("shape_bias", {"topk": "0.1"}) != protocols.fingerprint("train_resnet", {"topk": "0.1"})
+    assert protocols.fingerprint("shape_bias", {"topk": "0.1"}) != protocols.fingerprint(
+        "train_resnet", {"topk": "0.1"}
+    )
 
 
 def test_protocol_flag_sets_every_setting_and_an_explicit_change_is_off_protocol():
     cfg = resnet_config(["--protocol", TABLE1, "--seed", "1", "--data-dir", "/in"])
-    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.stem_stride, cfg.topk, cfg.dataset) == (50, 0.1, 32, 2, 0.2, "IN-S1")
+    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.stem_stride, cfg.topk, cfg.dataset) == (
+        50,
+        0.1,
+        32,
+        2,
+        0.2,
+        "IN-S1",
+    )
     claim = protocols.check("train_resnet", cfg.protocol, dataclasses.asdict(cfg))
     assert claim.on_protocol and claim.describe() == f"on protocol {TABLE1}"
     spelled = resnet_config(["--protocol", TABLE1, *protocols.get(TABLE1).cli_args()])
@@ -116,7 +139,13 @@ def test_claims_that_cannot_hold():
 def test_shape_bias_sweep_of_level_protocols():
     names = "fig1.alexnet.topk.5,fig1.alexnet.topk.10"
     cfg = shape_bias.parse_args(["--protocol", names])
-    assert (cfg.model, cfg.sparsity, cfg.topk, cfg.weights, cfg.limit) == ("alexnet", "topk", "0.05,0.1", "pretrained", "0")
+    assert (cfg.model, cfg.sparsity, cfg.topk, cfg.weights, cfg.limit) == (
+        "alexnet",
+        "topk",
+        "0.05,0.1",
+        "pretrained",
+        "0",
+    )
     assert shape_bias.level_claim(names, "topk", 0.1) == "fig1.alexnet.topk.10"
     child = {**dataclasses.asdict(cfg), "topk": 0.1}
     assert protocols.check("shape_bias", "fig1.alexnet.topk.10", child).on_protocol
@@ -157,5 +186,7 @@ def test_params_mlflow_run_logged_first_are_read_as_the_job_ran_them(mlflow_stor
     run = Run(stored.info.run_id, dict(stored.data.params), {}, dict(stored.data.tags))
     assert run.params["epochs"] == "50" and run.params["lr"] == "0.1"
     assert protocols.check_run("train_resnet", run.tags, run.params).on_protocol
-    assert not any(k.startswith("shapebias.param.") and k != "shapebias.param.epochs" and k != "shapebias.param.lr"
-                   for k in stored.data.tags)
+    assert not any(
+        k.startswith("shapebias.param.") and k != "shapebias.param.epochs" and k != "shapebias.param.lr"
+        for k in stored.data.tags
+    )

@@ -5,22 +5,32 @@ from __future__ import annotations
 import re
 
 import pytest
+from test_compare import log_runs  # tests/ is on sys.path (no __init__.py)
 
 from shapebias import protocols
 from shapebias.errors import ConfigError
 from shapebias.report import Run
-from test_compare import log_runs  # tests/ is on sys.path (no __init__.py)
 from training import reproduce
 
 
 def resnet_run(spec, sparsity, ds, seed, status="FINISHED", metrics=None, tags=None, run_id="", **changes) -> Run:
     """A run of a Table 1 protocol (with ``changes`` to its settings: then off-protocol)."""
     name = f"table1.{spec}.{sparsity}.{ds}"
-    settings = {**protocols.get(name).values(), "stem_stride": "2.0", "seed": f"{seed}.0", "protocol": name,
-                "data_dir": "/data/imagenet", **{k: str(v) for k, v in changes.items()}}
-    return Run(run_id or f"{spec}-{sparsity}-{ds}-{seed}", settings,
-               {"test_acc": 0.8, "stylized_acc": 0.6} if metrics is None else metrics,
-               {"shapebias.task": "train_resnet", "shapebias.protocol": name, **(tags or {})}, status=status)
+    settings = {
+        **protocols.get(name).values(),
+        "stem_stride": "2.0",
+        "seed": f"{seed}.0",
+        "protocol": name,
+        "data_dir": "/data/imagenet",
+        **{k: str(v) for k, v in changes.items()},
+    }
+    return Run(
+        run_id or f"{spec}-{sparsity}-{ds}-{seed}",
+        settings,
+        {"test_acc": 0.8, "stylized_acc": 0.6} if metrics is None else metrics,
+        {"shapebias.task": "train_resnet", "shapebias.protocol": name, **(tags or {})},
+        status=status,
+    )
 
 
 def test_grids_are_the_seed_reports():
@@ -47,8 +57,12 @@ def test_empty_store_dry_run_spells_out_every_protocol_setting(mlflow_store, cap
 
 def test_finished_runs_off_protocol_never_count_as_done(mlflow_store, capsys):
     off = [resnet_run("code", "topk", "IN-S1", seed, run_id=f"short-{seed}", epochs=1) for seed in (0, 1, 2)]
-    unclaimed = Run("laptop", {**dict(off[0].params), "protocol": "", "epochs": "50"}, off[0].metrics,
-                    {"shapebias.task": "train_resnet"})
+    unclaimed = Run(
+        "laptop",
+        {**dict(off[0].params), "protocol": "", "epochs": "50"},
+        off[0].metrics,
+        {"shapebias.task": "train_resnet"},
+    )
     log_runs(mlflow_store, "short", [*off, unclaimed])
     assert reproduce.main(["table1", "--dry-run", "--experiment", "short"]) == 0
     out = capsys.readouterr().out
@@ -57,26 +71,40 @@ def test_finished_runs_off_protocol_never_count_as_done(mlflow_store, capsys):
 
 
 def test_dry_run_lists_exactly_the_missing_cells(mlflow_store, capsys):
-    have = [resnet_run(spec, sp, ds, seed) for spec in ("code", "paper") for sp in ("none", "topk", "topk_mean")
-            for ds in ("IN-S1",) for seed in (0, 1, 2)]
+    have = [
+        resnet_run(spec, sp, ds, seed)
+        for spec in ("code", "paper")
+        for sp in ("none", "topk", "topk_mean")
+        for ds in ("IN-S1",)
+        for seed in (0, 1, 2)
+    ]
     have = [r for r in have if r.run_id != "paper-topk_mean-IN-S1-2"]
-    bad = [resnet_run("code", "none", "IN-S4", 0, status="FAILED"),                  # unfinished: resume
-           resnet_run("code", "topk", "IN-S4", 0, metrics={"test_acc": 0.8}),        # no stylized_acc
-           resnet_run("paper", "none", "IN-S4", 0, tags={"shapebias.weights": "random"}),
-           Run("other", {"dataset": "jeep"}, {"fid": 50.0}, {"shapebias.task": "train_fastgan"})]
+    bad = [
+        resnet_run("code", "none", "IN-S4", 0, status="FAILED"),  # unfinished: resume
+        resnet_run("code", "topk", "IN-S4", 0, metrics={"test_acc": 0.8}),  # no stylized_acc
+        resnet_run("paper", "none", "IN-S4", 0, tags={"shapebias.weights": "random"}),
+        Run("other", {"dataset": "jeep"}, {"fid": 50.0}, {"shapebias.task": "train_fastgan"}),
+    ]
     log_runs(mlflow_store, "grid", have + bad)
     assert reproduce.main(["table1", "--dry-run", "--experiment", "grid"]) == 0
     out = capsys.readouterr().out
     listed = set(re.findall(r"^  (?:missing|unfinished) +(.+?)(?: \(run \w+ did not finish: resume\))?$", out, re.M))
-    expected = {f"table1.{spec}.{sp}.{ds} seed={seed}"
-                for spec in ("code", "paper") for sp in ("none", "topk", "topk_mean")
-                for ds in ("IN-S2", "IN-S3", "IN-S4") for seed in (0, 1, 2)}
+    expected = {
+        f"table1.{spec}.{sp}.{ds} seed={seed}"
+        for spec in ("code", "paper")
+        for sp in ("none", "topk", "topk_mean")
+        for ds in ("IN-S2", "IN-S3", "IN-S4")
+        for seed in (0, 1, 2)
+    }
     expected.add("table1.paper.topk_mean.IN-S1 seed=2")
     assert listed == expected
     assert "72 cells x seeds" in out and f"{72 - len(expected)} done" in out and "1 unfinished" in out
     assert out.count("would launch: python -m training.train_resnet") == len(expected)
-    assert re.search(r"--protocol table1.code.none.IN-S4 --model-spec code --stem-stride 2 --sparsity none --dataset IN-S4 "
-                     r"--epochs 50 --batch-size 32 --lr 0.1 --num-workers 1 --seed 0 +\[MLFLOW_RUN_ID=\w+\]", out)
+    assert re.search(
+        r"--protocol table1.code.none.IN-S4 --model-spec code --stem-stride 2 --sparsity none --dataset IN-S4 "
+        r"--epochs 50 --batch-size 32 --lr 0.1 --num-workers 1 --seed 0 +\[MLFLOW_RUN_ID=\w+\]",
+        out,
+    )
 
 
 def test_local_launch_is_idempotent_after_an_interruption(mlflow_store, monkeypatch, capsys):
@@ -158,7 +186,8 @@ def test_ray_launch_skips_jobs_still_running(mlflow_store, monkeypatch, capsys):
         "--weights pretrained --limit 0",
         f"{job} fig1.vgg16.none --model vgg16 --sparsity none --weights pretrained --limit 0",
         f"{job} fig1.vgg16.topk.10,fig1.vgg16.topk.20 --model vgg16 --sparsity topk --topk 0.1,0.2 "
-        "--weights pretrained --limit 0"]
+        "--weights pretrained --limit 0",
+    ]
     env = submitted[0][2]["env_vars"]
     assert env["MLFLOW_TRACKING_URI"] == mlflow_store and env["MLFLOW_EXPERIMENT_ID"] and "MLFLOW_RUN_ID" not in env
     assert reproduce.main(argv) == 0  # nothing finished yet, but everything is still running
@@ -172,11 +201,26 @@ def test_table2_grid_and_bad_input(mlflow_store, tmp_path, capsys):
     assert args[:2] == ["--protocol", "table2.IN-S1-C5.topk15-noise"]
     assert args[-4:] == ["--data-dir", str(tmp_path / "IN-S1-C5"), "--seed", "0"]
     spelled = dict(zip(args[2:-4:2], args[3:-4:2]))
-    assert spelled == {"--dataset": "IN-S1-C5", "--sparsity": "topk", "--topk": "0.15", "--noise-injection": "true",
-                       "--im-size": "256", "--iterations": "100000", "--batch-size": "8", "--width": "64",
-                       "--lr": "0.0002", "--ema-decay": "0.999", "--recon-loss": "lpips", "--fid-protocol": "authors",
-                       "--fid-every": "1000", "--fid-samples": "3000", "--fid-dims": "2048",
-                       "--rollback-patience": "10", "--perturb-g": "0.0001", "--perturb-d": "0"}
+    assert spelled == {
+        "--dataset": "IN-S1-C5",
+        "--sparsity": "topk",
+        "--topk": "0.15",
+        "--noise-injection": "true",
+        "--im-size": "256",
+        "--iterations": "100000",
+        "--batch-size": "8",
+        "--width": "64",
+        "--lr": "0.0002",
+        "--ema-decay": "0.999",
+        "--recon-loss": "lpips",
+        "--fid-protocol": "authors",
+        "--fid-every": "1000",
+        "--fid-samples": "3000",
+        "--fid-dims": "2048",
+        "--rollback-patience": "10",
+        "--perturb-g": "0.0001",
+        "--perturb-d": "0",
+    }
     table = [c.params for c in reproduce.grid("table2", datasets=["table"])]
     assert [dict(p).get("topk") for p in table] == [None, "0.15", "0.15"]  # the authors' script: 32_15
     assert reproduce.main(["table9", "--dry-run"]) == 2

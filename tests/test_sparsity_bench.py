@@ -27,7 +27,9 @@ def test_peak_memory_sees_an_allocation():
 
 
 def test_swap_direct_replaces_topk_modules():
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), sparsity.TopK(0.5), torch.nn.Sequential(sparsity.TopK(0.2, "topk_mean")))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), sparsity.TopK(0.5), torch.nn.Sequential(sparsity.TopK(0.2, "topk_mean"))
+    )
     assert bench_step.swap_direct(model) == 2
     assert not any(isinstance(m, sparsity.TopK) for m in model.modules())
     x = torch.randn(1, 1, 6, 6)
@@ -36,16 +38,75 @@ def test_swap_direct_replaces_topk_modules():
 
 def test_goals_and_render():
     result = {
-        "machine": common.machine(), "load_before": [1.0], "load_after": [1.0], "quick": True, "seconds": 1.0,
-        "topk": [{"device": "cpu", "shape": "32x128x56x56", "k": 0.2, "mode": "topk", "dtype": "float32",
-                  "channels_last": False, "relu_ms": 10.0, "direct_ms": 65.0, "fast_ms": 15.0, "direct_over_relu": 6.5,
-                  "fast_over_relu": 1.5, "speedup_vs_direct": 4.3, "relu_peak_mb": 1.0, "direct_peak_mb": 2.0, "fast_peak_mb": None}],
-        "step": [{"device": "cpu", "options": "plain", "spec": "code", "variant": "topk", "batch": 4, "image_size": 224,
-                  "stem_stride": 2, "step_ms": 1000.0, "over_dense": 1.2, "peak_mb": 5.0}],
+        "machine": common.machine(),
+        "load_before": [1.0],
+        "load_after": [1.0],
+        "quick": True,
+        "seconds": 1.0,
+        "topk": [
+            {
+                "device": "cpu",
+                "shape": "32x128x56x56",
+                "k": 0.2,
+                "mode": "topk",
+                "dtype": "float32",
+                "channels_last": False,
+                "relu_ms": 10.0,
+                "direct_ms": 65.0,
+                "fast_ms": 15.0,
+                "direct_over_relu": 6.5,
+                "fast_over_relu": 1.5,
+                "speedup_vs_direct": 4.3,
+                "relu_peak_mb": 1.0,
+                "direct_peak_mb": 2.0,
+                "fast_peak_mb": None,
+            }
+        ],
+        "step": [
+            {
+                "device": "cpu",
+                "options": "plain",
+                "spec": "code",
+                "variant": "topk",
+                "batch": 4,
+                "image_size": 224,
+                "stem_stride": 2,
+                "step_ms": 1000.0,
+                "over_dense": 1.2,
+                "peak_mb": 5.0,
+            }
+        ],
         "epoch": [
-            {"name": "bare loop", "workers": 1, "threads": 2, "train_s": 1.0, "cycle_s": 2.0, "train_over_bare": 1.0, "cycle_over_bare": 1.0, "peak_mb": 1.0},
-            {"name": "job, 1 worker", "workers": 1, "train_s": 1.0, "cycle_s": 2.0, "train_over_bare": 1.0, "cycle_over_bare": 1.0, "startup_s": 9.0, "peak_mb": 1.0},
-            {"name": "job, 2 workers", "workers": 2, "train_s": 1.0, "cycle_s": 3.0, "train_over_bare": 1.0, "cycle_over_bare": 1.5, "startup_s": 9.0, "peak_mb": 1.0},
+            {
+                "name": "bare loop",
+                "workers": 1,
+                "threads": 2,
+                "train_s": 1.0,
+                "cycle_s": 2.0,
+                "train_over_bare": 1.0,
+                "cycle_over_bare": 1.0,
+                "peak_mb": 1.0,
+            },
+            {
+                "name": "job, 1 worker",
+                "workers": 1,
+                "train_s": 1.0,
+                "cycle_s": 2.0,
+                "train_over_bare": 1.0,
+                "cycle_over_bare": 1.0,
+                "startup_s": 9.0,
+                "peak_mb": 1.0,
+            },
+            {
+                "name": "job, 2 workers",
+                "workers": 2,
+                "train_s": 1.0,
+                "cycle_s": 3.0,
+                "train_over_bare": 1.0,
+                "cycle_over_bare": 1.5,
+                "startup_s": 9.0,
+                "peak_mb": 1.0,
+            },
         ],
     }
     goals = {g["goal"].split(" ")[0] + g["goal"].split(" ")[1]: g["met"] for g in harness.goals(result)}
@@ -67,8 +128,12 @@ def test_tree_memory_counts_child_processes():
     import time
 
     alone = common.tree_rss_mb()
-    child = subprocess.Popen([sys.executable, "-c", "b = bytearray(96 << 20); print(1, flush=True); input()"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "b = bytearray(96 << 20); print(1, flush=True); input()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert child.stdout.readline().strip() == "1"  # the child holds its 96 MiB now
         time.sleep(0.1)

@@ -16,8 +16,14 @@ from shapebias.report.study import CLAIM_CLEAN, CLAIM_MEAN, CLAIM_SB, CLAIM_STYL
 from shapebias.report.verdicts import decide
 from training import study
 
-TINY = {"synthetic_classes": 3, "synthetic_train_per_class": 4, "synthetic_test_per_class": 3, "image_size": 16,
-        "epochs": 1, "batch_size": 6}
+TINY = {
+    "synthetic_classes": 3,
+    "synthetic_train_per_class": 4,
+    "synthetic_test_per_class": 3,
+    "image_size": 16,
+    "epochs": 1,
+    "batch_size": 6,
+}
 
 
 def test_the_full_plan_is_nine_variants_by_eight_seeds_on_protocol():
@@ -57,9 +63,19 @@ def test_interval_is_the_t_interval_of_the_mean():
 def _run(i: int, sparsity: str, k: float, seed: int, shape_bias: float, stylized: float, clean: float = 0.9) -> Run:
     name = "synthetic.none" if sparsity == "none" else f"synthetic.{sparsity}.{k * 100:g}"
     params = {**protocols.get(name).values(), "seed": str(seed), "protocol": name}
-    return Run(f"r{i}", params, {"shape_bias": shape_bias, "test_acc": clean, "stylized_acc": stylized,
-                                 "cue_conflict_shape_acc": shape_bias / 2, "cue_conflict_texture_acc": 0.4},
-               {"shapebias.task": "train_resnet", "shapebias.protocol": name}, start_time=i)
+    return Run(
+        f"r{i}",
+        params,
+        {
+            "shape_bias": shape_bias,
+            "test_acc": clean,
+            "stylized_acc": stylized,
+            "cue_conflict_shape_acc": shape_bias / 2,
+            "cue_conflict_texture_acc": 0.4,
+        },
+        {"shapebias.task": "train_resnet", "shapebias.protocol": name},
+        start_time=i,
+    )
 
 
 def _runs(topk_shift: float, mean_shift: float, seeds: int = 5) -> list[Run]:
@@ -71,15 +87,25 @@ def _runs(topk_shift: float, mean_shift: float, seeds: int = 5) -> list[Run]:
         out.append(_run(len(out), "none", 0, seed, 0.10 + noise(), 0.30 + noise()))
         for k in (0.1, 0.2):
             out.append(_run(len(out), "topk", k, seed, 0.10 + topk_shift + noise(), 0.30 + topk_shift + noise()))
-            out.append(_run(len(out), "topk_mean", k, seed, 0.10 + topk_shift + noise(),
-                            0.30 + topk_shift + mean_shift + noise()))
+            out.append(
+                _run(
+                    len(out),
+                    "topk_mean",
+                    k,
+                    seed,
+                    0.10 + topk_shift + noise(),
+                    0.30 + topk_shift + mean_shift + noise(),
+                )
+            )
     return out
 
 
 def _verdicts(runs):
     table = decide(study_table(runs).verdicts)
-    return {claim.text: list(table[table.claim == claim.text].verdict) for claim in
-            (CLAIM_SB, CLAIM_STYLIZED, CLAIM_MEAN, CLAIM_CLEAN)}
+    return {
+        claim.text: list(table[table.claim == claim.text].verdict)
+        for claim in (CLAIM_SB, CLAIM_STYLIZED, CLAIM_MEAN, CLAIM_CLEAN)
+    }
 
 
 def test_verdicts_follow_the_statistics():
@@ -97,12 +123,19 @@ def test_verdicts_follow_the_statistics():
 def test_table_rows_and_compare_report():
     runs = _runs(topk_shift=0.1, mean_shift=0.0, seeds=3)
     table = study_table(runs).sections[0]
-    assert list(table.table.variant) == ["dense", "Top-K, k=10%", "Top-K, k=20%", "Top-K Mean Rpl., k=10%",
-                                         "Top-K Mean Rpl., k=20%"]
+    assert list(table.table.variant) == [
+        "dense",
+        "Top-K, k=10%",
+        "Top-K, k=20%",
+        "Top-K Mean Rpl., k=10%",
+        "Top-K Mean Rpl., k=20%",
+    ]
     assert set(table.table.n) == {3}
     dense = table.data.iloc[0]
     mean, low, high = interval(np.array([r.metrics["shape_bias"] for r in runs if r.params["sparsity"] == "none"]))
-    assert (dense.shape_bias_mean, dense.shape_bias_ci_low, dense.shape_bias_ci_high) == pytest.approx((mean, low, high))
+    assert (dense.shape_bias_mean, dense.shape_bias_ci_low, dense.shape_bias_ci_high) == pytest.approx(
+        (mean, low, high)
+    )
     report = build_report(runs)  # on-protocol study runs: the study's table, verdicts and plots in compare
     assert "synthetic_study" in report.built
     assert {"synthetic_shape_bias_vs_k.png", "synthetic_accuracy_vs_shape_bias.png"} <= set(report.plots)
@@ -125,8 +158,20 @@ def test_miniature_end_to_end_and_resume(mlflow_store, tmp_path, ray_local, caps
     """2 variants x 2 seeds at tiny sizes (as Ray tasks, or inline); the second invocation launches nothing."""
     from mlflow.tracking import MlflowClient
 
-    argv = ["--experiment", "mini", "--variants", "synthetic.none,synthetic.topk.20", "--seeds", "0,1", "--where", where,
-            "--set", ",".join(f"{k}={v}" for k, v in TINY.items()), "--output-dir", str(tmp_path / "first")]
+    argv = [
+        "--experiment",
+        "mini",
+        "--variants",
+        "synthetic.none,synthetic.topk.20",
+        "--seeds",
+        "0,1",
+        "--where",
+        where,
+        "--set",
+        ",".join(f"{k}={v}" for k, v in TINY.items()),
+        "--output-dir",
+        str(tmp_path / "first"),
+    ]
     assert study.main(argv) == 0
     client = MlflowClient(mlflow_store)
     exp = client.get_experiment_by_name("mini")
@@ -142,8 +187,13 @@ def test_miniature_end_to_end_and_resume(mlflow_store, tmp_path, ray_local, caps
             assert 0.0 <= r.data.metrics[m] <= 1.0
         assert r.data.params["epochs"] == "1" and r.data.params["image_size"] == "16"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
-    for name in ("synthetic_study.csv", "verdicts.csv", "report.html", "synthetic_shape_bias_vs_k.png",
-                 "synthetic_accuracy_vs_shape_bias.png"):
+    for name in (
+        "synthetic_study.csv",
+        "verdicts.csv",
+        "report.html",
+        "synthetic_shape_bias_vs_k.png",
+        "synthetic_accuracy_vs_shape_bias.png",
+    ):
         assert f"study/{name}" in artifacts
     html = (tmp_path / "first" / "report.html").read_text()
     assert "Synthetic shape-bias study" in html and "data:image/png;base64" in html

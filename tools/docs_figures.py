@@ -48,8 +48,11 @@ def splits_figure(path: Path, per_split: int = 6, image_size: int = 48) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference-dir", default=str(settings.reference_decisions_dir()),
-                        help="the authors' raw decisions (default: %(default)s)")
+    parser.add_argument(
+        "--reference-dir",
+        default=str(settings.reference_decisions_dir()),
+        help="the authors' raw decisions (default: %(default)s)",
+    )
     parser.add_argument("--out", default="docs/img", help="output folder (default: %(default)s)")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -58,8 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: reference folder {args.reference_dir} not found", file=sys.stderr)
         return 2
     curves, refs = plots.figure_curves({}, reference)
-    plots.plot_sparsity_curve(curves, out / "published-shape-bias.png", references=refs,
-                              title="Published decisions (Li et al. 2023), re-scored by shapebias")
+    plots.plot_sparsity_curve(
+        curves,
+        out / "published-shape-bias.png",
+        references=refs,
+        title="Published decisions (Li et al. 2023), re-scored by shapebias",
+    )
     splits_figure(out / "synthetic-splits.png")
     print(f"wrote {out}/published-shape-bias.png, {out}/synthetic-splits.png")
     return 0

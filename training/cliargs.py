@@ -93,6 +93,7 @@ def unquote(value) -> str:
 
 # ------------------------------------------------------------------------------------- parsers
 
+
 class _Formatter(argparse.HelpFormatter):
     def _format_action_invocation(self, action: argparse.Action) -> str:
         if isinstance(action, Flag):
@@ -146,8 +147,14 @@ def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def parser_from_config(config: type, prog: str, description: str, *, suppress: bool = False,
-                       default_note: Callable[[str], str] | None = None) -> Parser:
+def parser_from_config(
+    config: type,
+    prog: str,
+    description: str,
+    *,
+    suppress: bool = False,
+    default_note: Callable[[str], str] | None = None,
+) -> Parser:
     """The parser of a ``Config`` dataclass: one flag per field, with its help, choices and default.
 
     ``suppress``: a flag not given is absent from the namespace (the job fills it in, e.g. from a
@@ -182,5 +189,7 @@ def split_args(name: str, value: str) -> list[str]:
     try:
         return shlex.split(value)
     except ValueError as exc:
-        raise ConfigError(f"{name}={value!r} cannot be split into arguments ({exc}); "
-                          "balance the quotes, e.g. --job-args=\"--data-dir '/my data'\"") from None
+        raise ConfigError(
+            f"{name}={value!r} cannot be split into arguments ({exc}); "
+            "balance the quotes, e.g. --job-args=\"--data-dir '/my data'\""
+        ) from None

@@ -18,16 +18,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from shapebias.report import Report, Run, build_report, render_text, write_outputs
 from shapebias.errors import DataError
 from shapebias.integrity import open_store
+from shapebias.report import Report, Run, build_report, render_text, write_outputs
 from shapebias.tracking import cli_main, tracked_run, ui_command
 from training import cliargs
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = cliargs.Parser(prog="shapebias compare", description=__doc__.split("\n\n")[0],
-                       formatter_class=cliargs.DefaultsFormatter)
+    p = cliargs.Parser(
+        prog="shapebias compare", description=__doc__.split("\n\n")[0], formatter_class=cliargs.DefaultsFormatter
+    )
     p.add_argument("--experiment", required=True, help="one or more experiment names, comma-separated")
     p.add_argument("--output-dir", default="", help="also keep the report here (default: a temporary folder)")
     p.add_argument("--tracking-uri", default="", help="read runs from this store (default: MLFLOW_TRACKING_URI)")
@@ -63,15 +64,19 @@ def read_runs(client, names: list[str]) -> tuple[list[Run], list[str]]:
             experiments[exp.experiment_id] = name
     if not experiments:
         known = sorted(e.name for e in client.search_experiments(view_type=ViewType.ALL))
-        raise DataError(f"no experiment named {', '.join(map(repr, names))} in {client.tracking_uri}; "
-                        f"existing experiments: {', '.join(known) or '(none)'}")
+        raise DataError(
+            f"no experiment named {', '.join(map(repr, names))} in {client.tracking_uri}; "
+            f"existing experiments: {', '.join(known) or '(none)'}"
+        )
     runs = load_runs(client, experiments)
     for exp_id, name in experiments.items():
         if not any(r.experiment == name for r in runs):
             warnings.append(f"experiment {name!r} has no runs")
     if not runs:
-        raise DataError(f"experiment(s) {', '.join(map(repr, experiments.values()))} have no runs: "
-                        "launch them first (see `shapebias reproduce --help`)")
+        raise DataError(
+            f"experiment(s) {', '.join(map(repr, experiments.values()))} have no runs: "
+            "launch them first (see `shapebias reproduce --help`)"
+        )
     return runs, warnings
 
 
@@ -89,13 +94,22 @@ def search_runs(client, experiments: dict[str, str], page_size: int = 10000) -> 
     runs: list[Run] = []
     token = None
     while True:
-        page = client.search_runs(list(experiments), max_results=page_size, page_token=token,
-                                  run_view_type=ViewType.ACTIVE_ONLY)
+        page = client.search_runs(
+            list(experiments), max_results=page_size, page_token=token, run_view_type=ViewType.ACTIVE_ONLY
+        )
         for r in page:
-            runs.append(Run(
-                run_id=r.info.run_id, params=dict(r.data.params), metrics=dict(r.data.metrics),
-                tags=dict(r.data.tags), status=r.info.status, experiment=experiments[r.info.experiment_id],
-                start_time=r.info.start_time or 0, run_name=r.info.run_name or ""))
+            runs.append(
+                Run(
+                    run_id=r.info.run_id,
+                    params=dict(r.data.params),
+                    metrics=dict(r.data.metrics),
+                    tags=dict(r.data.tags),
+                    status=r.info.status,
+                    experiment=experiments[r.info.experiment_id],
+                    start_time=r.info.start_time or 0,
+                    run_name=r.info.run_name or "",
+                )
+            )
         token = page.token
         if not token:
             break
@@ -127,17 +141,29 @@ def read_runs_sql(client, experiments: dict[str, str]) -> list[Run] | None:
     with store.ManagedSessionMaker() as session:
         active = session.query(R.run_uuid).filter(R.experiment_id.in_(ids), R.lifecycle_stage == "active")
         head = active.add_columns(R.experiment_id, R.status, R.start_time, R.name).all()
-        runs = {rid: Run(run_id=rid, params={}, metrics={}, tags={}, status=status,
-                                experiment=experiments[str(exp)], start_time=start or 0, run_name=name or "")
-                for rid, exp, status, start, name in head}
+        runs = {
+            rid: Run(
+                run_id=rid,
+                params={},
+                metrics={},
+                tags={},
+                status=status,
+                experiment=experiments[str(exp)],
+                start_time=start or 0,
+                run_name=name or "",
+            )
+            for rid, exp, status, start, name in head
+        }
         sub = active.subquery()
         for model, field in ((models.SqlParam, "params"), (models.SqlTag, "tags")):
             for rid, key, value in session.query(model.run_uuid, model.key, model.value).join(
-                    sub, model.run_uuid == sub.c.run_uuid):
+                sub, model.run_uuid == sub.c.run_uuid
+            ):
                 getattr(runs[rid], field)[key] = value
         M = models.SqlLatestMetric
         for rid, key, value, is_nan in session.query(M.run_uuid, M.key, M.value, M.is_nan).join(
-                sub, M.run_uuid == sub.c.run_uuid):
+            sub, M.run_uuid == sub.c.run_uuid
+        ):
             runs[rid].metrics[key] = float("nan") if is_nan else float(value)
     return sorted(runs.values(), key=lambda r: -r.start_time)
 
@@ -178,19 +204,25 @@ def main(argv: list[str] | None = None) -> int:
     names = experiment_names(args.experiment)
     base = Path(args.output_dir) if args.output_dir else None
     if base is not None and base.exists() and not base.is_dir():
-        raise DataError(f"output_dir={args.output_dir!r} is a file; expected a folder (the report goes into a new sub-folder)")
+        raise DataError(
+            f"output_dir={args.output_dir!r} is a file; expected a folder (the report goes into a new sub-folder)"
+        )
     client = MlflowClient(open_store(mlflow.get_tracking_uri()))
     params = {"experiment": ",".join(names), "output_dir": args.output_dir}
 
     def work(exclude: str = "") -> Report:
         report, _, timing = build(client, names, exclude)
-        header = [f"experiments: {', '.join(names)}; tracking store: {client.tracking_uri}",
-                  f"runs read: {report.n_runs} in {timing['read_s']:.2f} s; tables built in {timing['build_s']:.2f} s"]
+        header = [
+            f"experiments: {', '.join(names)}; tracking store: {client.tracking_uri}",
+            f"runs read: {report.n_runs} in {timing['read_s']:.2f} s; tables built in {timing['build_s']:.2f} s",
+        ]
         write_outputs(report, out_dir, header)
         print(render_text(report, header))
         if not report.sections:
-            raise DataError(f"no table could be built from the {report.n_runs} runs of {', '.join(names)}: "
-                            f"every run is listed above under 'Runs left out' with the reason")
+            raise DataError(
+                f"no table could be built from the {report.n_runs} runs of {', '.join(names)}: "
+                f"every run is listed above under 'Runs left out' with the reason"
+            )
         return report
 
     if args.no_log:
@@ -207,11 +239,18 @@ def main(argv: list[str] | None = None) -> int:
                 mlflow.log_artifacts(str(out_dir), artifact_path="compare")
             else:
                 out_dir.rmdir()  # nothing was written: leave no empty folder behind
-        mlflow.log_metrics({"runs_read": report.n_runs, "runs_left_out": len(report.left_out),
-                            "claims_held": int((report.verdicts["verdict"] == "holds").sum()),
-                            "claims_tested": int((report.verdicts["test"] != "none").sum())})
-        print(f"compare run {run.info.run_id}: tables {', '.join(report.built)}; "
-              f"artifacts under compare/ (report.html, tables.md, *.csv)")
+        mlflow.log_metrics(
+            {
+                "runs_read": report.n_runs,
+                "runs_left_out": len(report.left_out),
+                "claims_held": int((report.verdicts["verdict"] == "holds").sum()),
+                "claims_tested": int((report.verdicts["test"] != "none").sum()),
+            }
+        )
+        print(
+            f"compare run {run.info.run_id}: tables {', '.join(report.built)}; "
+            f"artifacts under compare/ (report.html, tables.md, *.csv)"
+        )
         print(f"report also in {out_dir}" if args.output_dir else "")
         print(f"see it: {ui_command()}")
     return 0

@@ -60,13 +60,18 @@ def train_step(G, D, opt_g, opt_d, real: torch.Tensor, recon) -> dict[str, float
     for p in D.parameters():
         p.requires_grad_(True)
     opt_g.step()
-    return {"loss_d_real": loss_real.item(), "loss_d_fake": loss_fake.item(),
-            "loss_recon": float(loss_recon), "loss_g": loss_g.item()}
+    return {
+        "loss_d_real": loss_real.item(),
+        "loss_d_fake": loss_fake.item(),
+        "loss_recon": float(loss_recon),
+        "loss_g": loss_g.item(),
+    }
 
 
 def build_models(cfg, device) -> tuple[fg.Generator, fg.Discriminator, fg.Generator]:
-    G = fg.Generator(cfg.im_size, cfg.width, sparsity=cfg.sparsity, topk=cfg.topk,
-                     noise_injection=cfg.noise_injection).to(device)
+    G = fg.Generator(
+        cfg.im_size, cfg.width, sparsity=cfg.sparsity, topk=cfg.topk, noise_injection=cfg.noise_injection
+    ).to(device)
     D = fg.Discriminator(cfg.im_size, cfg.width).to(device)
     return G, D, fg.ema_copy(G)
 
@@ -102,8 +107,11 @@ class Rollback:
             return None
         best = self.state.get("best")
         if best is None or value < best["fid"]:
-            self.state["best"] = {"fid": value, "iteration": step,
-                                  **{k: copy.deepcopy(v.state_dict()) for k, v in nets.items()}}
+            self.state["best"] = {
+                "fid": value,
+                "iteration": step,
+                **{k: copy.deepcopy(v.state_dict()) for k, v in nets.items()},
+            }
             self.state["bad_evals"] = 0
             return None
         self.state["bad_evals"] += 1
@@ -165,9 +173,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if cfg.fid_interval() > 0 and rank == 0:
         from shapebias.metrics.fid import FidEvaluator, resolve_weights
 
-        evaluator = FidEvaluator(data.files, cfg.im_size, resolve_weights(cfg.fid_weights or None), cfg.fid_protocol,
-                                 device=device, n_samples=cfg.fid_samples or None, sample_batch=cfg.batch_size,
-                                 dims=cfg.fid_dims)
+        evaluator = FidEvaluator(
+            data.files,
+            cfg.im_size,
+            resolve_weights(cfg.fid_weights or None),
+            cfg.fid_protocol,
+            device=device,
+            n_samples=cfg.fid_samples or None,
+            sample_batch=cfg.batch_size,
+            dims=cfg.fid_dims,
+        )
 
     def sample(n: int) -> torch.Tensor:
         return fg.sample_like_authors(G_ema, torch.randn(n, fg.NZ, device=device))
@@ -180,8 +195,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
-        state.update(iteration=step, config=config["cfg"], **{k: v.state_dict() for k, v in nets.items()},
-                     rng={"torch": torch.get_rng_state(), "python": random.getstate(), "sampler": sampler_rng.get_state()})
+        state.update(
+            iteration=step,
+            config=config["cfg"],
+            **{k: v.state_dict() for k, v in nets.items()},
+            rng={"torch": torch.get_rng_state(), "python": random.getstate(), "sampler": sampler_rng.get_state()},
+        )
         if logger:
             logger.client.log_image(logger.ref.run_id, grid_image(G_ema, z_grid), f"samples/iter_{step:06d}.png")
         with tempfile.TemporaryDirectory() as d:
@@ -214,8 +233,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             back_to = rollback.after_evaluation(step, value, nets)
             if back_to is not None:
                 metrics["rollback_to"] = float(back_to)
-                print(f"iteration {step}: no better FID in {cfg.rollback_patience} evaluations; "
-                      f"rolled back to iteration {back_to}", file=sys.stderr)
+                print(
+                    f"iteration {step}: no better FID in {cfg.rollback_patience} evaluations; "
+                    f"rolled back to iteration {back_to}",
+                    file=sys.stderr,
+                )
         if logger and metrics:
             logger.log(metrics, step=step)
         if "rollback_to" in metrics:

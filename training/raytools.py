@@ -60,8 +60,10 @@ def check_workers(num_workers: int, resources: dict[str, float]) -> None:
     worker asks for at least one): Ray would otherwise wait for them forever with the run RUNNING."""
     cpus = int(resources.get("CPU", 0))
     if num_workers > cpus:
-        raise ConfigError(f"num_workers={num_workers} is more than this Ray cluster can place ({cpus} CPUs, "
-                          f"one per worker); choose 1..{max(cpus, 1)} or add nodes")
+        raise ConfigError(
+            f"num_workers={num_workers} is more than this Ray cluster can place ({cpus} CPUs, "
+            f"one per worker); choose 1..{max(cpus, 1)} or add nodes"
+        )
 
 
 def check_local_workers(num_workers: int) -> None:
@@ -188,8 +190,9 @@ def max_failures() -> int:
     return int(os.environ.get("SHAPEBIAS_MAX_FAILURES") or DEFAULT_MAX_FAILURES)
 
 
-def make_trainer(train_loop, loop_config: dict, *, run_id: str, storage_path: str, num_workers: int,
-                 env_vars: dict[str, str]):
+def make_trainer(
+    train_loop, loop_config: dict, *, run_id: str, storage_path: str, num_workers: int, env_vars: dict[str, str]
+):
     """The TorchTrainer of one job, and a description of where it runs (for the run's tags).
 
     The trainer's name is the MLflow run id, so a job started again on the same run (a retried

@@ -32,10 +32,10 @@ import sys
 from collections.abc import Iterable, Sequence
 
 from shapebias import protocols, settings, tasks
-from shapebias.report import runs as report_runs
-from shapebias.report.runs import Run
 from shapebias.errors import ConfigError, DataError, check_choice
 from shapebias.integrity import is_live, open_store
+from shapebias.report import runs as report_runs
+from shapebias.report.runs import Run
 from shapebias.tracking import FORWARDED_ENV, cli_main
 from training import cliargs
 from training.cliargs import split_args
@@ -46,9 +46,17 @@ SHAPE_BIAS_LEVELS = ("0.05", "0.1", "0.2", "0.3", "0.4", "0.5")
 RESUMABLE = tasks.RESUMABLE
 SCALES: dict[str, dict[str, dict[str, object]]] = {  # settings that --scale changes, per task
     "full": {},
-    "smoke": {"train_resnet": {"dataset": "synthetic", "epochs": 1, "synthetic_classes": 10, "synthetic_train_per_class": 20,
-                               "synthetic_test_per_class": 10, "image_size": 32},
-              "shape_bias": {"limit": 16}},
+    "smoke": {
+        "train_resnet": {
+            "dataset": "synthetic",
+            "epochs": 1,
+            "synthetic_classes": 10,
+            "synthetic_train_per_class": 20,
+            "synthetic_test_per_class": 10,
+            "image_size": 32,
+        },
+        "shape_bias": {"limit": 16},
+    },
 }
 JOB_ENV = FORWARDED_ENV  # no secrets: see shapebias.tracking.FORWARDED_ENV
 
@@ -60,8 +68,8 @@ class Cell:
     table: str
     task: str
     params: tuple[tuple[str, str], ...]  # the settings the cell's runs have (normalised)
-    seed: str                            # "" where the task has no seed (shape bias)
-    protocol: str = ""                   # the protocol its runs claim ("" for tables without protocols)
+    seed: str  # "" where the task has no seed (shape bias)
+    protocol: str = ""  # the protocol its runs claim ("" for tables without protocols)
 
     def label(self) -> str:
         text = self.protocol or " ".join(f"{k}={v}" for k, v in self.params)
@@ -91,8 +99,13 @@ def csv_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def grid(table: str, seeds: Sequence[str] | None = None, datasets: Sequence[str] | None = None,
-         levels: Sequence[str] | None = None, scale: str = "full") -> list[Cell]:
+def grid(
+    table: str,
+    seeds: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    levels: Sequence[str] | None = None,
+    scale: str = "full",
+) -> list[Cell]:
     """The cells x seeds a table needs (the published grid unless narrowed), at ``scale``."""
     n = report_runs.canonical_value
     check_choice("table", table, TABLES)
@@ -102,7 +115,8 @@ def grid(table: str, seeds: Sequence[str] | None = None, datasets: Sequence[str]
         chosen = _narrow(chosen, "dataset", "datasets", datasets)
     if table == "shape_bias" and levels:
         chosen = [p for p in chosen if p.values()["sparsity"] == "none"] + _narrow(
-            [p for p in chosen if p.values()["sparsity"] != "none"], "topk", "levels", [n(v) for v in levels])
+            [p for p in chosen if p.values()["sparsity"] != "none"], "topk", "levels", [n(v) for v in levels]
+        )
     cells = []
     for p in chosen:
         values = {**p.values(), **{k: protocols.canonical(v) for k, v in SCALES[scale].get(p.task, {}).items()}}
@@ -116,8 +130,10 @@ def _narrow(chosen: list[protocols.Protocol], key: str, option: str, wanted: Seq
     known = list(dict.fromkeys(p.values()[key] for p in chosen))
     bad = [w for w in wanted if w not in known]
     if bad:
-        raise ConfigError(f"{option}={','.join(wanted)!r}: {', '.join(bad)} has no protocol; "
-                          f"the published ones are {', '.join(known)}")
+        raise ConfigError(
+            f"{option}={','.join(wanted)!r}: {', '.join(bad)} has no protocol; "
+            f"the published ones are {', '.join(known)}"
+        )
     return [p for p in chosen if p.values()[key] in wanted]
 
 
@@ -141,7 +157,7 @@ def place_of(run: Run, table: str, scale: str) -> tuple | None:
 @dataclasses.dataclass
 class Status:
     cell: Cell
-    state: str        # done | missing | unfinished | running (a live process has it)
+    state: str  # done | missing | unfinished | running (a live process has it)
     run_id: str = ""
 
 
@@ -174,8 +190,9 @@ def status(cells: Sequence[Cell], runs: Iterable[Run], scale: str = "full") -> l
     return out
 
 
-def jobs_for(todo: Sequence[Status], job_args: Sequence[str] = (), data_root: str = "",
-             strict: bool = True) -> list[Job]:
+def jobs_for(
+    todo: Sequence[Status], job_args: Sequence[str] = (), data_root: str = "", strict: bool = True
+) -> list[Job]:
     """The launches that cover the cells to do; shape-bias levels of one model x sparsity share a sweep.
 
     ``strict``: a few-shot set without a folder is a DataError (else a placeholder, for dry runs).
@@ -214,8 +231,10 @@ def few_shot_folder(name: str, data_root: str = "") -> str:
         return os.path.join(data_root, name)
     path = settings.few_shot_dir(name)
     if path is None:
-        raise DataError(f"no folder for the few-shot set {name!r}: pass --data-root DIR (with DIR/{name}/), "
-                        "set SHAPEBIAS_FEW_SHOT_DIR, or leave the set out with --datasets")
+        raise DataError(
+            f"no folder for the few-shot set {name!r}: pass --data-root DIR (with DIR/{name}/), "
+            "set SHAPEBIAS_FEW_SHOT_DIR, or leave the set out with --datasets"
+        )
     return str(path)
 
 
@@ -224,22 +243,30 @@ def notes(cells: Sequence[Cell], runs: Sequence[Run], job_args: Sequence[str], s
     out = []
     if cells and cells[0].protocol:
         task, table = cells[0].task, cells[0].table
-        ignored = [r for r in runs if r.task == task and r.status == "FINISHED" and not r.random_weights
-                   and place_of(r, table, scale) is None]
+        ignored = [
+            r
+            for r in runs
+            if r.task == task and r.status == "FINISHED" and not r.random_weights and place_of(r, table, scale) is None
+        ]
         if ignored:
-            out.append(f"{len(ignored)} FINISHED {task} run(s) count for no cell: they claim no protocol of "
-                       f"{table} or their settings differ from it (`shapebias compare` lists them under other settings)")
+            out.append(
+                f"{len(ignored)} FINISHED {task} run(s) count for no cell: they claim no protocol of "
+                f"{table} or their settings differ from it (`shapebias compare` lists them under other settings)"
+            )
         keys = {k for c in cells for k, _ in c.params}
         changed = sorted({a[2:].split("=")[0].replace("-", "_") for a in job_args if a.startswith("--")} & keys)
         if changed:
-            out.append(f"--job-args sets {', '.join(changed)}: a protocol setting; these runs will be off-protocol, "
-                       "never count as done and never sit beside a published value")
+            out.append(
+                f"--job-args sets {', '.join(changed)}: a protocol setting; these runs will be off-protocol, "
+                "never count as done and never sit beside a published value"
+            )
     if scale != "full":
         out.append(f"scale {scale}: pipeline checks, off-protocol by design; never compared with published values")
     return out
 
 
 # --- launching ---------------------------------------------------------------------------------
+
 
 def job_env(experiment_id: str, job: Job) -> dict[str, str]:
     import mlflow
@@ -259,8 +286,11 @@ def launch_local(jobs: Sequence[Job], experiment_id: str) -> list[tuple[Job, int
     results = []
     base = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME")}
     for job in tqdm(jobs, desc="reproduce", unit="job"):
-        print(f"launch: {shlex.join(job.command())}" + (f"  (resuming run {job.resume_run_id})" if job.resume_run_id else ""),
-              flush=True)
+        print(
+            f"launch: {shlex.join(job.command())}"
+            + (f"  (resuming run {job.resume_run_id})" if job.resume_run_id else ""),
+            flush=True,
+        )
         rc = subprocess.call(job.command(), cwd=settings.REPO_ROOT, env={**base, **job_env(experiment_id, job)})
         results.append((job, rc))
     return results
@@ -271,8 +301,11 @@ def launch_ray(jobs: Sequence[Job], experiment_id: str, address: str, table: str
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(address)
-    live = {(j.metadata or {}).get("shapebias.job") for j in client.list_jobs()
-            if j.status in (JobStatus.PENDING, JobStatus.RUNNING)}
+    live = {
+        (j.metadata or {}).get("shapebias.job")
+        for j in client.list_jobs()
+        if j.status in (JobStatus.PENDING, JobStatus.RUNNING)
+    }
     out = []
     for job in jobs:
         meta = {"shapebias.job": f"{experiment_id}-{job.key()}", "shapebias.table": table}
@@ -282,9 +315,14 @@ def launch_ray(jobs: Sequence[Job], experiment_id: str, address: str, table: str
             continue
         entrypoint = shlex.join(["python", "-m", job.module, *job.args])
         sub_id = client.submit_job(
-            entrypoint=entrypoint, metadata=meta,
-            runtime_env={"working_dir": str(settings.REPO_ROOT), "env_vars": job_env(experiment_id, job),
-                         "excludes": [".venv", ".git", "mlruns", ".ray_results", "*.db", "shared"]})
+            entrypoint=entrypoint,
+            metadata=meta,
+            runtime_env={
+                "working_dir": str(settings.REPO_ROOT),
+                "env_vars": job_env(experiment_id, job),
+                "excludes": [".venv", ".git", "mlruns", ".ray_results", "*.db", "shared"],
+            },
+        )
         print(f"submitted {sub_id}: {entrypoint}")
         out.append((job, sub_id))
     return out
@@ -292,22 +330,39 @@ def launch_ray(jobs: Sequence[Job], experiment_id: str, address: str, table: str
 
 # --- command -------------------------------------------------------------------------------------
 
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = cliargs.Parser(prog="shapebias reproduce", description=__doc__.split("\n\n")[0],
-                       formatter_class=cliargs.DefaultsFormatter)
-    p.add_argument("table", metavar="{" + ",".join(TABLES) + "}",
-                   help="the table whose missing runs to launch (synthetic: the study, training/study.py)")
+    p = cliargs.Parser(
+        prog="shapebias reproduce", description=__doc__.split("\n\n")[0], formatter_class=cliargs.DefaultsFormatter
+    )
+    p.add_argument(
+        "table",
+        metavar="{" + ",".join(TABLES) + "}",
+        help="the table whose missing runs to launch (synthetic: the study, training/study.py)",
+    )
     p.add_argument("--where", default="local", help="local, or a Ray address (http://HEAD:8265, ray://HEAD:10001)")
     p.add_argument("--experiment", default="reproduce", help="MLflow experiment that holds the table's runs")
-    p.add_argument("--dry-run", action=cliargs.Flag, default=False,
-                   help="list what is missing and what would be launched; launch nothing")
+    p.add_argument(
+        "--dry-run",
+        action=cliargs.Flag,
+        default=False,
+        help="list what is missing and what would be launched; launch nothing",
+    )
     p.add_argument("--seeds", default="", help="comma-separated seeds (default: 0,1,2 for table1, 0 for table2)")
     p.add_argument("--datasets", default="", help="comma-separated datasets (default: the seed report's)")
     p.add_argument("--levels", default="", help="shape_bias: Top-K levels (default: 0.05,0.1,0.2,0.3,0.4,0.5)")
-    p.add_argument("--scale", default="full", metavar="{" + ",".join(SCALES) + "}",
-                   help="full: the protocols; smoke: cheap off-protocol pipeline checks")
-    p.add_argument("--job-args", default="", help="extra arguments for every job, e.g. --job-args=\"--data-dir /in\" "
-                   "(one that changes a protocol setting makes the runs off-protocol: they never count as done)")
+    p.add_argument(
+        "--scale",
+        default="full",
+        metavar="{" + ",".join(SCALES) + "}",
+        help="full: the protocols; smoke: cheap off-protocol pipeline checks",
+    )
+    p.add_argument(
+        "--job-args",
+        default="",
+        help='extra arguments for every job, e.g. --job-args="--data-dir /in" '
+        "(one that changes a protocol setting makes the runs off-protocol: they never count as done)",
+    )
     p.add_argument("--data-root", default="", help="table2: folder that holds the few-shot sets by name")
     p.add_argument("--tracking-uri", default="", help="default: MLFLOW_TRACKING_URI")
     args = p.parse_args(argv)
@@ -340,8 +395,14 @@ def _synthetic_study(args: argparse.Namespace) -> int:
     check_choice("scale", args.scale, tuple(SCALES))
     overrides = dict(study.SMOKE) if args.scale == "smoke" else {}
     planned = study.plan(study.variant_names(), study.seed_list(args.seeds), overrides)
-    return study.run_study(planned, study.overrides_text(overrides), args.experiment, study.check_where(args.where),
-                           truthy("dry_run", args.dry_run), tracking_uri=args.tracking_uri)
+    return study.run_study(
+        planned,
+        study.overrides_text(overrides),
+        args.experiment,
+        study.check_where(args.where),
+        truthy("dry_run", args.dry_run),
+        tracking_uri=args.tracking_uri,
+    )
 
 
 @cli_main
@@ -356,22 +417,31 @@ def main(argv: list[str] | None = None) -> int:
     dry = truthy("dry_run", args.dry_run)
     where = args.where.strip()
     if where != "local" and not where.startswith(("http://", "https://", "ray://")) and where != "auto":
-        raise ConfigError(f"where={where!r} is not accepted; use local, auto or a Ray address such as "
-                          "http://HEAD:8265 or ray://HEAD:10001")
+        raise ConfigError(
+            f"where={where!r} is not accepted; use local, auto or a Ray address such as "
+            "http://HEAD:8265 or ray://HEAD:10001"
+        )
     split_args("job_args", args.job_args)  # unbalanced quotes fail before anything is read
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
     client = MlflowClient(open_store(mlflow.get_tracking_uri()))
-    cells = grid(args.table, csv_list(args.seeds) or None, csv_list(args.datasets) or None,
-                 csv_list(args.levels) or None, args.scale)
+    cells = grid(
+        args.table,
+        csv_list(args.seeds) or None,
+        csv_list(args.datasets) or None,
+        csv_list(args.levels) or None,
+        args.scale,
+    )
     runs = read_experiment_runs(client, args.experiment)
     states = status(cells, runs, args.scale)
     running = [s for s in states if s.state == "running"]
     todo = [s for s in states if s.state not in ("done", "running")]
-    print(f"{args.table}: {len(cells)} cells x seeds in experiment {args.experiment!r} "
-          f"({client.tracking_uri}): {len(cells) - len(todo) - len(running)} done, "
-          f"{f'{len(running)} running, ' if running else ''}"
-          f"{sum(s.state == 'missing' for s in todo)} missing, {sum(s.state == 'unfinished' for s in todo)} unfinished")
+    print(
+        f"{args.table}: {len(cells)} cells x seeds in experiment {args.experiment!r} "
+        f"({client.tracking_uri}): {len(cells) - len(todo) - len(running)} done, "
+        f"{f'{len(running)} running, ' if running else ''}"
+        f"{sum(s.state == 'missing' for s in todo)} missing, {sum(s.state == 'unfinished' for s in todo)} unfinished"
+    )
     for s in running:
         print(f"  running    {s.cell.label()} (run {s.run_id} has a live process: not launched again)")
     for s in todo:
@@ -385,8 +455,10 @@ def main(argv: list[str] | None = None) -> int:
     jobs = jobs_for(todo, split_args("job_args", args.job_args), args.data_root, strict=not dry)
     if dry:
         for job in jobs:
-            print(f"would launch: python -m {job.module} {shlex.join(job.args)}"
-                  + (f"  [MLFLOW_RUN_ID={job.resume_run_id}]" if job.resume_run_id else ""))
+            print(
+                f"would launch: python -m {job.module} {shlex.join(job.args)}"
+                + (f"  [MLFLOW_RUN_ID={job.resume_run_id}]" if job.resume_run_id else "")
+            )
         print(f"dry run: {len(jobs)} job(s) would be launched {'locally' if where == 'local' else 'on ' + where}")
         return 0
     exp = client.get_experiment_by_name(args.experiment)
@@ -394,8 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     if where == "local":
         results = launch_local(jobs, experiment_id)
         failed = [j for j, rc in results if rc != 0]
-        print(f"launched {len(results)} job(s); {len(failed)} failed"
-              + ("" if not failed else ": rerun the same command to retry them"))
+        print(
+            f"launched {len(results)} job(s); {len(failed)} failed"
+            + ("" if not failed else ": rerun the same command to retry them")
+        )
         return 1 if failed else 0
     launch_ray(jobs, experiment_id, where, args.table)
     print(f"submitted to {where}; rerun the same command later: finished cells are skipped")

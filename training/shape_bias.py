@@ -32,8 +32,13 @@ from shapebias.errors import ConfigError, check_choice, check_fraction
 from shapebias.metrics import shape_bias as sb
 from shapebias.metrics.imagenet16 import decisions_from_logits
 from shapebias.models import pretrained
-from shapebias.plots import DecisionMaker, figure_curves, plot_category_shape_bias, plot_sparsity_curve
-from shapebias.plots import reference_decision_makers
+from shapebias.plots import (
+    DecisionMaker,
+    figure_curves,
+    plot_category_shape_bias,
+    plot_sparsity_curve,
+    reference_decision_makers,
+)
 from training.cliargs import parser_from_config, setting, to_int
 from training.cliargs import unquote as _unquote
 
@@ -46,12 +51,14 @@ RANDOM_PREFIX = "RANDOM-WEIGHTS"
 class Config:
     """The job's settings as given (numbers are checked inside the run, so a bad one fails the run)."""
 
-    protocol: str = setting("", "published level(s) to repeat, comma-separated for a sweep "
-                                "(`shapebias protocols fig1`)")
+    protocol: str = setting(
+        "", "published level(s) to repeat, comma-separated for a sweep (`shapebias protocols fig1`)"
+    )
     model: str = setting("alexnet", "ImageNet model scored on cue-conflict", pretrained.MODELS)
     sparsity: str = setting("topk", "Top-K at inference, or its complement", SPARSITIES)
-    topk: str = setting("0.05,0.1,0.2,0.3,0.4,0.5", "fraction kept per channel, or a comma-separated sweep "
-                                                     "(1.0 = dense)")
+    topk: str = setting(
+        "0.05,0.1,0.2,0.3,0.4,0.5", "fraction kept per channel, or a comma-separated sweep (1.0 = dense)"
+    )
     weights: str = setting("pretrained", "pretrained | random | /path/to/file.pth")
     data_dir: str = setting("", "cue-conflict folder (empty: from settings)")
     batch_size: str = setting("32", "images per forward pass")
@@ -65,8 +72,13 @@ PROTOCOL_SET = {k for p in protocols.for_task(TASK) for k in p.settings}  # sett
 
 def parse_args(argv: list[str] | None) -> Config:
     """Defaults, then the protocol's settings, then the flags given (non-empty): an explicit flag wins."""
-    p = parser_from_config(Config, "shapebias shape-bias", __doc__.split("\n\n")[0], suppress=True,
-                           default_note=lambda name: ", or the protocol's" if name in PROTOCOL_SET else "")
+    p = parser_from_config(
+        Config,
+        "shapebias shape-bias",
+        __doc__.split("\n\n")[0],
+        suppress=True,
+        default_note=lambda name: ", or the protocol's" if name in PROTOCOL_SET else "",
+    )
     given = {k: _unquote(v) for k, v in vars(p.parse_args(argv)).items() if _unquote(v) != ""}
     defaults = dataclasses.asdict(Config())
     try:
@@ -80,8 +92,11 @@ def level_claim(claimed: str, sparsity: str, k: float) -> str:
     """The protocol one level of a sweep claims: the named one of that level, else the whole claim."""
     for name in protocols.names_of(claimed):
         p = protocols.REGISTRY.get(name)
-        if p is not None and p.values().get("sparsity") == sparsity and (
-                sparsity == "none" or p.values().get("topk") == protocols.canonical(k)):
+        if (
+            p is not None
+            and p.values().get("sparsity") == sparsity
+            and (sparsity == "none" or p.values().get("topk") == protocols.canonical(k))
+        ):
             return name
     return claimed
 
@@ -126,7 +141,7 @@ def decide(model: torch.nn.Module, pixels: torch.Tensor, batch_size: int, device
     model = model.to(device).eval()
     decisions: list[str] = []
     for start in tqdm(range(0, len(pixels), batch_size), desc=desc, unit="batch"):
-        x = cue_conflict.normalize(pixels[start:start + batch_size].to(device))
+        x = cue_conflict.normalize(pixels[start : start + batch_size].to(device))
         decisions += decisions_from_logits(model(x).float().cpu())
     return decisions
 
@@ -201,8 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         pixels = load_images(images)
         dense = pretrained.build(model_name, sparsity="none", weights=weights, seed=seed)
         reference = reference_decision_makers(settings.reference_decisions_dir())
-        cfg = {"model": model_name, "sparsity": args.sparsity, "batch_size": batch_size,
-               "device": device, "random": is_random}
+        cfg = {
+            "model": model_name,
+            "sparsity": args.sparsity,
+            "batch_size": batch_size,
+            "device": device,
+            "random": is_random,
+        }
         with tempfile.TemporaryDirectory(prefix="shape_bias-") as tmp:
             results = []
             if not sweep:
@@ -213,9 +233,16 @@ def main(argv: list[str] | None = None) -> int:
                     child_name = f"{model_name} {child_sparsity}" + ("" if child_sparsity == "none" else f" k={k:g}")
                     child_params = {**params, "sparsity": child_sparsity, "topk": k, "sweep": "child"}
                     claim_k = protocols.check(TASK, level_claim(args.protocol, child_sparsity, k), child_params)
-                    with tracking.tracked_run(TASK, child_params, nested=True, tags={**tags, **protocols.run_tags(claim_k)},
-                                              run_name=f"{RANDOM_PREFIX} {child_name}" if is_random else child_name):
-                        res = evaluate_level({**cfg, "topk": k}, dense, pixels, images, reference, Path(tmp) / f"level{i}")
+                    with tracking.tracked_run(
+                        TASK,
+                        child_params,
+                        nested=True,
+                        tags={**tags, **protocols.run_tags(claim_k)},
+                        run_name=f"{RANDOM_PREFIX} {child_name}" if is_random else child_name,
+                    ):
+                        res = evaluate_level(
+                            {**cfg, "topk": k}, dense, pixels, images, reference, Path(tmp) / f"level{i}"
+                        )
                     results.append(res)
                     mlflow.log_metric("shape_bias_sweep", res["metrics"]["shape_bias"], step=int(round(k * 100)))
                 summary = Path(tmp) / "sweep_summary.csv"
@@ -223,9 +250,13 @@ def main(argv: list[str] | None = None) -> int:
                     f.write("topk,sparsity,shape_bias,shape_acc,texture_acc,run_id\n")
                     for r in results:
                         m = r["metrics"]
-                        f.write(f"{r['k']},{args.sparsity},{m['shape_bias']},{m['shape_acc']},{m['texture_acc']},{r['run_id']}\n")
+                        f.write(
+                            f"{r['k']},{args.sparsity},{m['shape_bias']},{m['shape_acc']},{m['texture_acc']},{r['run_id']}\n"
+                        )
                 label = f"{'RANDOM WEIGHTS ' if is_random else ''}{model_name} {args.sparsity} (this run)"
-                curves, refs = figure_curves({label: [(r["k"], r["metrics"]["shape_bias"]) for r in results]}, reference)
+                curves, refs = figure_curves(
+                    {label: [(r["k"], r["metrics"]["shape_bias"]) for r in results]}, reference
+                )
                 curve_png = plot_sparsity_curve(curves, Path(tmp) / "shape_bias_curve.png", references=refs)
                 mlflow.log_artifact(str(summary))
                 mlflow.log_artifact(str(curve_png), "plots")
@@ -235,13 +266,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nrun {run.info.run_id} ({run_name}): {len(images)} images, {len(levels)} level(s), {elapsed:.0f} s")
     for r in results:
         m = r["metrics"]
-        print(f"  {r['subj']:<40} shape_bias={m['shape_bias']:.3f} shape_acc={m['shape_acc']:.3f} "
-              f"texture_acc={m['texture_acc']:.3f} ({r['seconds']:.0f} s)")
+        print(
+            f"  {r['subj']:<40} shape_bias={m['shape_bias']:.3f} shape_acc={m['shape_acc']:.3f} "
+            f"texture_acc={m['texture_acc']:.3f} ({r['seconds']:.0f} s)"
+        )
     if is_random:
-        print(f"  RANDOM WEIGHTS: these numbers only time the pipeline. The real experiment: put "
-              f"{pretrained.default_weights_path(model_name)} in place and run\n"
-              f"  mlflow run . -e shape_bias --env-manager local -P model={model_name} "
-              f"-P sparsity={args.sparsity} -P topk={levels_text}")
+        print(
+            f"  RANDOM WEIGHTS: these numbers only time the pipeline. The real experiment: put "
+            f"{pretrained.default_weights_path(model_name)} in place and run\n"
+            f"  mlflow run . -e shape_bias --env-manager local -P model={model_name} "
+            f"-P sparsity={args.sparsity} -P topk={levels_text}"
+        )
     print(f"  view: {tracking.ui_command()}")
     return 0
 

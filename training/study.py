@@ -41,10 +41,10 @@ from shapebias.tracking import ERROR_TAG, TASK_TAG, cli_main, flatten, git_commi
 from training.cliargs import unquote
 from training.train_resnet import TASK, Config
 
-STUDY_TAG = "shapebias.study"               # "synthetic" on the parent and its children
+STUDY_TAG = "shapebias.study"  # "synthetic" on the parent and its children
 OVERRIDES_TAG = "shapebias.study_overrides"  # the --set text that identifies a parent ("" = the protocols)
-PARENT_TASK = "synthetic_study"          # the parent's shapebias.task (shapebias/tasks.py)
-FIXED = ("seed", "protocol")                 # what --set may not change
+PARENT_TASK = "synthetic_study"  # the parent's shapebias.task (shapebias/tasks.py)
+FIXED = ("seed", "protocol")  # what --set may not change
 SMOKE = {"epochs": 1, "synthetic_train_per_class": 4, "synthetic_test_per_class": 4, "image_size": 16}
 RAY_EXCLUDES = [".venv", ".git", "mlruns", ".ray_results", "*.db", "shared", ".tools"]
 
@@ -66,6 +66,7 @@ class Planned:
 
 
 # --- the plan ----------------------------------------------------------------------------------
+
 
 def parse_overrides(text: str) -> dict[str, Any]:
     """``"epochs=1,image_size=16"`` -> typed Config values; a ConfigError names a bad key or value."""
@@ -123,6 +124,7 @@ def plan(variants: Sequence[str], seeds: Sequence[int], overrides: Mapping[str, 
 
 # --- one run (the body of a Ray task) ---------------------------------------------------------
 
+
 def render(cfg: dict[str, Any]):
     """The synthetic benchmark of a configuration (its seed), rendered once and shared by the variants."""
     from training.train_resnet import build_data
@@ -155,29 +157,53 @@ def train(cfg: dict[str, Any], data) -> dict[str, Any]:
         loss, acc = train_epoch(model, loader, optimizer, device, progress=False)
         history.append({"train_loss": loss, "train_acc": acc, "lr": lr})
     metrics = evaluate(model, {k: v for k, v in data.items() if k != "train"}, device)
-    return {"history": history, "metrics": metrics, "data_fingerprint": data_fingerprint(c, data),
-            "cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - wall0}
+    return {
+        "history": history,
+        "metrics": metrics,
+        "data_fingerprint": data_fingerprint(c, data),
+        "cpu_s": time.process_time() - cpu0,
+        "wall_s": time.perf_counter() - wall0,
+    }
 
 
 # --- tracking ------------------------------------------------------------------------------------
 
+
 def to_run(r) -> Run:
-    return Run(run_id=r.info.run_id, params=dict(r.data.params), metrics=dict(r.data.metrics), tags=dict(r.data.tags),
-               status=r.info.status, start_time=r.info.start_time or 0, run_name=r.info.run_name or "")
+    return Run(
+        run_id=r.info.run_id,
+        params=dict(r.data.params),
+        metrics=dict(r.data.metrics),
+        tags=dict(r.data.tags),
+        status=r.info.status,
+        start_time=r.info.start_time or 0,
+        run_name=r.info.run_name or "",
+    )
 
 
 def find_parent(client, experiment_id: str, overrides: str):
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{STUDY_TAG}` = '{synthetic.TABLE}'",
-                              order_by=["attributes.start_time DESC"], max_results=1000)
-    return next((r for r in runs if r.data.tags.get(OVERRIDES_TAG, "") == overrides
-                 and r.data.tags.get(TASK_TAG) == PARENT_TASK), None)
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{STUDY_TAG}` = '{synthetic.TABLE}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1000,
+    )
+    return next(
+        (
+            r
+            for r in runs
+            if r.data.tags.get(OVERRIDES_TAG, "") == overrides and r.data.tags.get(TASK_TAG) == PARENT_TASK
+        ),
+        None,
+    )
 
 
 def children(client, experiment_id: str, parent_id: str) -> list[Run]:
     out, token = [], None
     while True:
-        page = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
-                                  max_results=1000, page_token=token)
+        page = client.search_runs(
+            [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=1000, page_token=token
+        )
         out += [to_run(r) for r in page]
         token = page.token
         if not token:
@@ -197,15 +223,22 @@ def done_runs(planned: Sequence[Planned], runs: Sequence[Run]) -> dict[tuple[str
     return out
 
 
-def log_child(client, experiment_id: str, parent_id: str, p: Planned, result: Mapping[str, Any] | None,
-              error: str = "") -> str:
+def log_child(
+    client, experiment_id: str, parent_id: str, p: Planned, result: Mapping[str, Any] | None, error: str = ""
+) -> str:
     """One finished (or failed) run of the study, logged from the driver with the train_resnet schema."""
     from mlflow.entities import Metric, Param
 
     params = dataclasses.asdict(p.cfg)
     check = protocols.check(TASK, p.protocol, params)
-    tags = {TASK_TAG: TASK, PARENT_TAG: parent_id, STUDY_TAG: synthetic.TABLE, **protocols.run_tags(check),
-            "shapebias.device": "cpu x1 ray task", "shapebias.git_commit": git_commit()}
+    tags = {
+        TASK_TAG: TASK,
+        PARENT_TAG: parent_id,
+        STUDY_TAG: synthetic.TABLE,
+        **protocols.run_tags(check),
+        "shapebias.device": "cpu x1 ray task",
+        "shapebias.git_commit": git_commit(),
+    }
     if result:
         tags["shapebias.data_fingerprint"] = result["data_fingerprint"]
     run = client.create_run(experiment_id, run_name=p.cfg.run_name(), tags=tags)
@@ -225,6 +258,7 @@ def log_child(client, experiment_id: str, parent_id: str, p: Planned, result: Ma
 
 
 # --- launching -----------------------------------------------------------------------------------
+
 
 def init(where: str) -> None:
     """Start Ray here (``local``; joins ``RAY_ADDRESS`` where set), or join ``auto`` / ``ray://HEAD:10001``."""
@@ -287,15 +321,23 @@ def launch(todo: Sequence[Planned], where: str, on_result: Callable[[Planned, di
 
 # --- the command ---------------------------------------------------------------------------------
 
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="shapebias synthetic-study", description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiment", default="synthetic-study", help="MLflow experiment of the study's runs")
     ap.add_argument("--seeds", default="", help="comma-separated seeds (default 0..7)")
     ap.add_argument("--variants", default="", help="comma-separated synthetic.* protocols (default: all nine)")
-    ap.add_argument("--set", default="", dest="overrides",
-                    help="KEY=VALUE,... settings that replace the protocols' (off-protocol), e.g. epochs=1,image_size=16")
-    ap.add_argument("--where", default="local",
-                    help="local (Ray here, or RAY_ADDRESS), auto, ray://HEAD:10001, or inline (this process, no Ray)")
+    ap.add_argument(
+        "--set",
+        default="",
+        dest="overrides",
+        help="KEY=VALUE,... settings that replace the protocols' (off-protocol), e.g. epochs=1,image_size=16",
+    )
+    ap.add_argument(
+        "--where",
+        default="local",
+        help="local (Ray here, or RAY_ADDRESS), auto, ray://HEAD:10001, or inline (this process, no Ray)",
+    )
     ap.add_argument("--dry-run", nargs="?", const="true", default="false", help="say what is missing; launch nothing")
     ap.add_argument("--output-dir", default="", help="also keep the report here (default: a temporary folder)")
     ap.add_argument("--tracking-uri", default="", help="default: MLFLOW_TRACKING_URI")
@@ -312,8 +354,10 @@ def truthy(value: str) -> bool:
 def check_where(where: str) -> str:
     where = unquote(where) or "local"
     if where not in ("local", "auto", "inline") and not where.startswith("ray://"):
-        raise ConfigError(f"where={where!r} is not accepted; use local, auto, ray://HEAD:10001 (the study's tasks "
-                          "join a Ray cluster through the Ray client) or inline (this process, no Ray)")
+        raise ConfigError(
+            f"where={where!r} is not accepted; use local, auto, ray://HEAD:10001 (the study's tasks "
+            "join a Ray cluster through the Ray client) or inline (this process, no Ray)"
+        )
     return where
 
 
@@ -322,12 +366,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = parse_overrides(args.overrides)
     planned = plan(variant_names(args.variants), seed_list(args.seeds), overrides)
-    return run_study(planned, overrides_text(overrides), args.experiment, check_where(args.where),
-                     truthy(args.dry_run), args.output_dir, unquote(args.tracking_uri))
+    return run_study(
+        planned,
+        overrides_text(overrides),
+        args.experiment,
+        check_where(args.where),
+        truthy(args.dry_run),
+        args.output_dir,
+        unquote(args.tracking_uri),
+    )
 
 
-def run_study(planned: Sequence[Planned], overrides: str, experiment: str, where: str = "local", dry: bool = False,
-              output_dir: str = "", tracking_uri: str = "") -> int:
+def run_study(
+    planned: Sequence[Planned],
+    overrides: str,
+    experiment: str,
+    where: str = "local",
+    dry: bool = False,
+    output_dir: str = "",
+    tracking_uri: str = "",
+) -> int:
     """Launch what the plan is missing, log each run as it finishes, then the table to the parent."""
     import mlflow
     from mlflow import MlflowClient
@@ -339,17 +397,24 @@ def run_study(planned: Sequence[Planned], overrides: str, experiment: str, where
     parent = find_parent(client, exp.experiment_id, overrides) if exp else None
     done = done_runs(planned, children(client, exp.experiment_id, parent.info.run_id) if parent else [])
     todo = [p for p in planned if p.key not in done]
-    print(f"synthetic study: {len(planned)} runs ({len({p.protocol for p in planned})} variants x "
-          f"{len({p.cfg.seed for p in planned})} seeds) in experiment {experiment!r} ({client.tracking_uri}): "
-          f"{len(done)} done, {len(todo)} to launch" + (f"; settings changed: {overrides}" if overrides else ""))
+    print(
+        f"synthetic study: {len(planned)} runs ({len({p.protocol for p in planned})} variants x "
+        f"{len({p.cfg.seed for p in planned})} seeds) in experiment {experiment!r} ({client.tracking_uri}): "
+        f"{len(done)} done, {len(todo)} to launch" + (f"; settings changed: {overrides}" if overrides else "")
+    )
     if dry:
         for p in todo:
             print(f"  would launch {p.label()}: {' '.join(protocols.flags(dataclasses.asdict(p.cfg)))}")
         return 0
     experiment_id = exp.experiment_id if exp else client.create_experiment(experiment)
     if parent is None:
-        tags = {TASK_TAG: PARENT_TASK, STUDY_TAG: synthetic.TABLE, OVERRIDES_TAG: overrides, **provenance_tags(),
-                "mlflow.runName": "synthetic study" + (f" [{overrides}]" if overrides else "")}
+        tags = {
+            TASK_TAG: PARENT_TASK,
+            STUDY_TAG: synthetic.TABLE,
+            OVERRIDES_TAG: overrides,
+            **provenance_tags(),
+            "mlflow.runName": "synthetic study" + (f" [{overrides}]" if overrides else ""),
+        }
         parent = _adopted(client, experiment_id) or client.create_run(experiment_id)
         for key, value in tags.items():
             client.set_tag(parent.info.run_id, key, value)
@@ -366,8 +431,11 @@ def run_study(planned: Sequence[Planned], overrides: str, experiment: str, where
             print(f"  FAILED {p.label()} (run {run_id}): {error}", flush=True)
             return
         m = result["metrics"]
-        print(f"  done {p.label()}: shape_bias={m['shape_bias']:.3f} test_acc={m['test_acc']:.3f} "
-              f"stylized_acc={m['stylized_acc']:.3f} ({result['cpu_s']:.1f} CPU-s)", flush=True)
+        print(
+            f"  done {p.label()}: shape_bias={m['shape_bias']:.3f} test_acc={m['test_acc']:.3f} "
+            f"stylized_acc={m['stylized_acc']:.3f} ({result['cpu_s']:.1f} CPU-s)",
+            flush=True,
+        )
 
     try:
         if todo:
@@ -387,8 +455,10 @@ def run_study(planned: Sequence[Planned], overrides: str, experiment: str, where
     elif ERROR_TAG in client.get_run(parent_id).data.tags:  # an earlier invocation's failure is mended
         client.delete_tag(parent_id, ERROR_TAG)
     client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
-    print(f"launched {len(todo)} run(s) in {wall:.0f} s; {len(failed)} failed"
-          + (": rerun the same command to retry them" if failed else ""))
+    print(
+        f"launched {len(todo)} run(s) in {wall:.0f} s; {len(failed)} failed"
+        + (": rerun the same command to retry them" if failed else "")
+    )
     print(f"study parent run {parent_id}: table, verdicts and plots under study/ ({len(report.sections)} table(s))")
     return 1 if failed else 0
 

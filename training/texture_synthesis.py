@@ -53,17 +53,20 @@ MASK_TITLES = {"all": "all", "topk": "Top-K", "complement": "complement (non-Top
 class Config:
     """The job's settings as given (numbers are checked inside the run, so a bad one fails the run)."""
 
-    image: str = setting("skimage:chelsea", "an image file, a folder of images, or skimage:NAME "
-                                            "(chelsea is the cat photo)")
+    image: str = setting(
+        "skimage:chelsea", "an image file, a folder of images, or skimage:NAME (chelsea is the cat photo)"
+    )
     image_size: str = setting("256", "side of the square working image, px")
     steps: str = setting(str(synthesis.STEPS), "outer L-BFGS steps per image and mask (authors: 100)")
-    iterations_per_step: str = setting(str(synthesis.ITERATIONS_PER_STEP),
-                                       "L-BFGS iterations per step, strong-Wolfe line search (authors: 20)")
+    iterations_per_step: str = setting(
+        str(synthesis.ITERATIONS_PER_STEP), "L-BFGS iterations per step, strong-Wolfe line search (authors: 20)"
+    )
     weights: str = setting("pretrained", "pretrained | random | /path/to/vgg19-dcbb9e9d.pth")
     topk: str = setting("0.05", "fraction of positions kept per channel, (0, 1]")
     method: str = setting("texture", "texture synthesis or feature inversion", synthesis.METHODS)
-    layers: str = setting(",".join(synthesis.DEFAULT_LAYERS),
-                          "VGG-19 layers, comma-separated (conv/relu<b>_<i>, pool<b>)")
+    layers: str = setting(
+        ",".join(synthesis.DEFAULT_LAYERS), "VGG-19 layers, comma-separated (conv/relu<b>_<i>, pool<b>)"
+    )
     seed: str = setting("0", "seed of the noise start (and of random weights)")
     device: str = setting("auto", "where to run", ("auto", "cpu", "cuda"))
 
@@ -220,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         if len({n for n, _ in targets}) != len(targets):
             targets = [(f"{i:03d}_{n}", im) for i, (n, im) in enumerate(targets)]
         model = synthesis.build_vgg19(cfg["weights"], v["layers"], seed=v["seed"]).to(v["device"])
-        mlflow.set_tag("shapebias.data_fingerprint", tracking.fingerprint_files(_files(cfg["image"]), extra=cfg["image"]))
+        mlflow.set_tag(
+            "shapebias.data_fingerprint", tracking.fingerprint_files(_files(cfg["image"]), extra=cfg["image"])
+        )
         label = "RANDOM VGG-19 weights (baseline, not the paper's network)" if is_random else "ImageNet VGG-19"
         several = len(targets) > 1
         rows, loss_rows, means = [], [], {}
@@ -240,9 +245,17 @@ def main(argv: list[str] | None = None) -> int:
                     mlflow.log_metric(key, loss, step=step)
 
                 res = synthesis.synthesize(
-                    model, target, mask=mask, method=cfg["method"], k=v["k"], steps=v["steps"],
-                    iterations_per_step=v["iterations_per_step"], seed=v["seed"],
-                    on_step=on_step, progress=True, desc=f"{img_name} {cfg['method']} {mask}",
+                    model,
+                    target,
+                    mask=mask,
+                    method=cfg["method"],
+                    k=v["k"],
+                    steps=v["steps"],
+                    iterations_per_step=v["iterations_per_step"],
+                    seed=v["seed"],
+                    on_step=on_step,
+                    progress=True,
+                    desc=f"{img_name} {cfg['method']} {mask}",
                 )
                 check_ran_as_logged(cfg, res.settings)
                 results[mask], curves[mask] = res, res.losses
@@ -250,18 +263,32 @@ def main(argv: list[str] | None = None) -> int:
                 save_png(out / "images" / f"{img_name}_{mask}.png", res.image)
                 loss_rows += [(img_name, mask, i, loss) for i, loss in enumerate(res.losses)]
             save_png(out / "images" / f"{img_name}_original.png", target)
-            figure_grid(out / "grids" / f"{img_name}.png", target, results, scores,
-                        f"{img_name}: {cfg['method']}, Top-K k={v['k']}, L-BFGS {v['steps']}x{v['iterations_per_step']}, {label}")
+            figure_grid(
+                out / "grids" / f"{img_name}.png",
+                target,
+                results,
+                scores,
+                f"{img_name}: {cfg['method']}, Top-K k={v['k']}, L-BFGS {v['steps']}x{v['iterations_per_step']}, {label}",
+            )
             for which, s in scores.items():
-                rows.append({"image": img_name, "mask": which, **s,
-                             "final_loss": curves[which][-1] if which in curves else "",
-                             "steps": len(curves[which]) - 1 if which in curves else ""})
+                rows.append(
+                    {
+                        "image": img_name,
+                        "mask": which,
+                        **s,
+                        "final_loss": curves[which][-1] if which in curves else "",
+                        "steps": len(curves[which]) - 1 if which in curves else "",
+                    }
+                )
                 for metric, value in s.items():
                     means.setdefault(f"{metric}_{which}", []).append(value)
                     if several:
                         mlflow.log_metric(f"{metric}_{which}{suffix}", value)
-            figure_losses(out / f"losses_{img_name}.png" if several else out / "losses.png", curves,
-                          f"{img_name}: {cfg['method']} loss, {label}")
+            figure_losses(
+                out / f"losses_{img_name}.png" if several else out / "losses.png",
+                curves,
+                f"{img_name}: {cfg['method']} loss, {label}",
+            )
         summary = {key: float(np.mean(values)) for key, values in means.items()}
         mlflow.log_metrics(summary)
         with open(out / "structure_metrics.csv", "w", newline="") as fh:

@@ -53,32 +53,36 @@ PROTOCOL_NAMES = tuple(PROTOCOLS)
 class Config:
     """The whole configuration of a run (logged flat as MLflow params)."""
 
-    protocol: str = setting("", "a published experiment to repeat (`shapebias protocols` lists them): "
-                                "sets every setting below")
+    protocol: str = setting(
+        "", "a published experiment to repeat (`shapebias protocols` lists them): sets every setting below"
+    )
     data_dir: str = setting("", "a flat folder of images (e.g. a 100-image set)")
     dataset: str = setting("", "the few-shot set's name (empty: the folder name of data_dir)")
     im_size: int = setting(256, "image size", fg.SUPPORTED_SIZES)
     iterations: int = setting(100000, "training iterations (authors: 100000)")
     batch_size: int = setting(8, "images per step")
-    sparsity: str = setting("topk", "sparsity after the 32x32 feature map (topk: the authors' TopKMaskHW)",
-                            fg.SPARSITY)
+    sparsity: str = setting("topk", "sparsity after the 32x32 feature map (topk: the authors' TopKMaskHW)", fg.SPARSITY)
     topk: float = setting(0.05, "fraction kept, (0, 1]; authors: 0.05 (0.15 for table)")
     noise_injection: bool = setting(False, "the generator's noise injection")
-    recon_loss: str = setting("lpips", "reconstruction loss: lpips (authors; needs VGG-16 weights) or l1 "
-                                       "(substitute)", fg.RECON_LOSSES)
-    fid_every: int = setting(-1, "iterations between FIDs; -1 = the FID protocol's (standard 5000, authors 1000); "
-                                 "0 = no FID")
+    recon_loss: str = setting(
+        "lpips", "reconstruction loss: lpips (authors; needs VGG-16 weights) or l1 (substitute)", fg.RECON_LOSSES
+    )
+    fid_every: int = setting(
+        -1, "iterations between FIDs; -1 = the FID protocol's (standard 5000, authors 1000); 0 = no FID"
+    )
     fid_weights: str = setting("", "pytorch-fid Inception weights file (empty: hub cache)")
     fid_protocol: str = setting("standard", "how FID is computed", tuple(PROTOCOLS))
     fid_samples: int = setting(0, "generated images per FID; 0 = the FID protocol's count")
-    fid_dims: int = setting(2048, "pytorch-fid feature size; only 2048 is FID (others: fid_unverified)",
-                            (2048, 768, 192, 64))
+    fid_dims: int = setting(
+        2048, "pytorch-fid feature size; only 2048 is FID (others: fid_unverified)", (2048, 768, 192, 64)
+    )
     seed: int = setting(0, "random seed")
     width: int = setting(64, "channel width ngf = ndf (authors: 64)")
     lr: float = setting(0.0002, "Adam learning rate")
     ema_decay: float = setting(0.999, "decay of the generator's moving average")
-    rollback_patience: int = setting(10, "evaluations without a better FID before rolling back to the best "
-                                         "(authors: 10); 0 = never")
+    rollback_patience: int = setting(
+        10, "evaluations without a better FID before rolling back to the best (authors: 10); 0 = never"
+    )
     perturb_g: float = setting(1e-4, "U(-eps, eps) noise on G's parameters after a rollback (authors: 1e-4)")
     perturb_d: float = setting(0.0, "the same for D (authors: 0)")
     checkpoint_every: int = setting(1000, "iterations between checkpoints")
@@ -112,10 +116,14 @@ class Config:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not accepted; expected a positive integer")
         if self.fid_every < -1:
-            raise ConfigError(f"fid_every={self.fid_every!r} is not accepted; expected -1 (the protocol's), 0 (off) or a positive integer")
+            raise ConfigError(
+                f"fid_every={self.fid_every!r} is not accepted; expected -1 (the protocol's), 0 (off) or a positive integer"
+            )
         for name in ("fid_samples", "rollback_patience"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)!r} is not accepted; expected 0 (off/default) or a positive integer")
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r} is not accepted; expected 0 (off/default) or a positive integer"
+                )
         if self.perturb_g < 0 or self.perturb_d < 0:
             raise ConfigError(f"perturb_g={self.perturb_g!r} / perturb_d={self.perturb_d!r}: expected >= 0")
         from shapebias.metrics.fid import check_dims
@@ -188,8 +196,11 @@ def check_inputs(cfg: Config) -> dict[str, str]:
 
     cfg.validate()
     files = list_images(cfg.data_dir)
-    tags = {"shapebias.data_fingerprint": tracking.fingerprint_files(files, extra=cfg.set_name()),
-            "shapebias.num_images": str(len(files)), "shapebias.recon_loss": cfg.recon_loss}
+    tags = {
+        "shapebias.data_fingerprint": tracking.fingerprint_files(files, extra=cfg.set_name()),
+        "shapebias.num_images": str(len(files)),
+        "shapebias.recon_loss": cfg.recon_loss,
+    }
     fg.check_recon_loss(cfg.recon_loss)
     if cfg.fid_interval() > 0:
         from shapebias.metrics.fid import load_inception, resolve_weights, weights_verified
@@ -209,9 +220,9 @@ def run(cfg: Config, run_id: str | None = None) -> str:
     import mlflow
 
     from shapebias import tracking
+    from shapebias.metrics.fid import get_protocol
     from training import fastgan_worker
     from training.raytools import init_ray, make_trainer, storage_location
-    from shapebias.metrics.fid import get_protocol
 
     params = cfg.params()
     try:
@@ -228,7 +239,10 @@ def run(cfg: Config, run_id: str | None = None) -> str:
         fid_key = "fid" if tags.get("shapebias.fid_weights") in ("official", "none") else "fid_unverified"
         if fid_key != "fid":
             tags["mlflow.runName"] = cfg.run_name() + "-unverified-fid"
-            print("warning: the Inception weights are not the official file (or fid_dims != 2048); the score is logged as fid_unverified", file=sys.stderr)
+            print(
+                "warning: the Inception weights are not the official file (or fid_dims != 2048); the score is logged as fid_unverified",
+                file=sys.stderr,
+            )
         mlflow.set_tags(tags)
 
         env_vars = tracking.worker_env()
@@ -237,7 +251,10 @@ def run(cfg: Config, run_id: str | None = None) -> str:
         trainer, device = make_trainer(
             fastgan_worker.train_loop_per_worker,
             {"cfg": dataclasses.asdict(cfg), "run_ref": tracking.current_ref(), "fid_key": fid_key},
-            run_id=run_id, storage_path=storage, num_workers=1, env_vars=env_vars,
+            run_id=run_id,
+            storage_path=storage,
+            num_workers=1,
+            env_vars=env_vars,
         )
         mlflow.set_tag("shapebias.device", device)
         try:
@@ -267,8 +284,10 @@ def log_final(cfg: Config, state: dict[str, Any], fid_key: str) -> dict[str, flo
 
     from training.fastgan_worker import fixed_latents, grid_image
 
-    summary: dict[str, float] = {"steps_run": float(state.get("steps_run", state["iteration"])),
-                                 "rollbacks": float(state.get("rollbacks", 0))}
+    summary: dict[str, float] = {
+        "steps_run": float(state.get("steps_run", state["iteration"])),
+        "rollbacks": float(state.get("rollbacks", 0)),
+    }
     mlflow.log_metrics(summary, step=int(state["iteration"]))
     # Each evaluation keeps the key it was logged under: a run resumed with other FID settings
     # never promotes an unverified score to `fid`.
@@ -279,15 +298,24 @@ def log_final(cfg: Config, state: dict[str, Any], fid_key: str) -> dict[str, flo
         mlflow.log_metric(key, best, step=int(state["iteration"]) + 1)
         mlflow.log_metrics({k: v for k, v in part.items() if k != key}, step=int(state["iteration"]))
         summary.update(part)
-    G_ema = fg.Generator(cfg.im_size, cfg.width, sparsity=cfg.sparsity, topk=cfg.topk, noise_injection=cfg.noise_injection)
+    G_ema = fg.Generator(
+        cfg.im_size, cfg.width, sparsity=cfg.sparsity, topk=cfg.topk, noise_injection=cfg.noise_injection
+    )
     G_ema.load_state_dict(state["G_ema"])
     G_ema.eval()
     mlflow.log_image(grid_image(G_ema, fixed_latents(cfg.seed, "cpu")), "samples/final.png")
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "generator_ema.pt"
-        torch.save({"state_dict": state["G_ema"], "config": dataclasses.asdict(cfg), "iteration": state["iteration"],
-                    "architecture": "shapebias.models.fastgan.Generator",
-                    "sampling": "shapebias.models.fastgan.sample_like_authors (batch norm in training mode)"}, path)
+        torch.save(
+            {
+                "state_dict": state["G_ema"],
+                "config": dataclasses.asdict(cfg),
+                "iteration": state["iteration"],
+                "architecture": "shapebias.models.fastgan.Generator",
+                "sampling": "shapebias.models.fastgan.sample_like_authors (batch norm in training mode)",
+            },
+            path,
+        )
         mlflow.log_artifact(str(path), "model")
     return summary
 
@@ -300,8 +328,13 @@ PROTOCOL_SET = {k for p in protocols.for_task(TASK) for k in p.settings}  # sett
 
 def parser() -> argparse.ArgumentParser:
     """Flags of the Config fields; a flag not given (or given empty) takes the protocol's value, else the default."""
-    p = parser_from_config(Config, "shapebias train-fastgan", __doc__.split("\n\n")[0], suppress=True,
-                           default_note=lambda name: ", or the protocol's" if name in PROTOCOL_SET else "")
+    p = parser_from_config(
+        Config,
+        "shapebias train-fastgan",
+        __doc__.split("\n\n")[0],
+        suppress=True,
+        default_note=lambda name: ", or the protocol's" if name in PROTOCOL_SET else "",
+    )
     p.add_argument("--run-id", default=None, help="resume this MLflow run (default: the active run, or a new one)")
     return p
 

@@ -52,7 +52,9 @@ def register_key_pair(key_id: str, secret: str) -> None:
 
 
 def _denied(start_response, message: str) -> list[bytes]:
-    body = f"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>{message}</Message></Error>"
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>{message}</Message></Error>'
+    )
     start_response("403 Forbidden", [("Content-Type", "application/xml")])
     return [body.encode()]
 
@@ -77,7 +79,9 @@ def handler_without_queries(base):
 
     class Handler(base):
         def log_request(self, code="-", size="-") -> None:
-            self.log("info", '"%s %s" %s %s', self.command, self.path.split("?", 1)[0], getattr(code, "value", code), size)
+            self.log(
+                "info", '"%s %s" %s %s', self.command, self.path.split("?", 1)[0], getattr(code, "value", code), size
+            )
 
     return Handler
 
@@ -94,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     register_key_pair(*read_key_pair(args.credentials_file))
     app = DomainDispatcherApplication(create_backend_app)
     print(f"S3 (moto, signed requests only) on 127.0.0.1:{args.port}", flush=True)
-    run_simple("127.0.0.1", args.port, guard(app), threaded=True, request_handler=handler_without_queries(MotoRequestHandler))
+    run_simple(
+        "127.0.0.1", args.port, guard(app), threaded=True, request_handler=handler_without_queries(MotoRequestHandler)
+    )
     return 0
 
 

@@ -33,14 +33,33 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the stack's modules beside this script
 
 from stack_common import (  # noqa: E402  (re-exported for the tests and other callers)
-    BUCKET, CHECKPOINTS_URI, RUNNER_USER, StackError, cmdline, marked_pids, port_free, proc_start_time,
+    BUCKET,
+    CHECKPOINTS_URI,
+    RUNNER_USER,
+    StackError,
+    cmdline,
+    marked_pids,
+    port_free,
+    proc_start_time,
 )
 from stack_services import NAMES as SERVICES  # noqa: E402
 from stack_setup import postgres_bindir  # noqa: E402
 from stack_supervisor import Stack  # noqa: E402
 
-__all__ = ["BUCKET", "CHECKPOINTS_URI", "RUNNER_USER", "SERVICES", "Stack", "StackError", "cmdline", "main",
-           "marked_pids", "port_free", "postgres_bindir", "proc_start_time"]
+__all__ = [
+    "BUCKET",
+    "CHECKPOINTS_URI",
+    "RUNNER_USER",
+    "SERVICES",
+    "Stack",
+    "StackError",
+    "cmdline",
+    "main",
+    "marked_pids",
+    "port_free",
+    "postgres_bindir",
+    "proc_start_time",
+]
 
 
 def print_status(stack: Stack) -> int:

@@ -58,7 +58,9 @@ def pg_account() -> str | None:
     try:
         pwd.getpwnam("postgres")
     except KeyError as exc:
-        raise StackError("running as root but there is no `postgres` account (apt-get install postgresql makes it)") from exc
+        raise StackError(
+            "running as root but there is no `postgres` account (apt-get install postgresql makes it)"
+        ) from exc
     return "postgres"
 
 
@@ -87,16 +89,27 @@ def prepare_postgres(st) -> None:
     if ids:
         os.chown(pwfile, *ids)
     try:
-        cmd = [str(postgres_bindir() / "initdb"), "-D", str(data), "-U", "mlflow", f"--pwfile={pwfile}",
-               "--auth=scram-sha-256", "-E", "UTF8", "--no-instructions"]
+        cmd = [
+            str(postgres_bindir() / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "mlflow",
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        ]
         kwargs: dict[str, Any] = {}
         if ids:
             kwargs.update(user=account, group=ids[1], extra_groups=[])
         with open(st.logs / "postgres.log", "ab") as log:
             log.write(f"\n=== {now()} {shlex.join(cmd)}\n".encode())
             log.flush()
-            done = subprocess.run(cmd, cwd=pg, stdout=log, stderr=subprocess.STDOUT, timeout=180,
-                                  env=st.base_env(), **kwargs)
+            done = subprocess.run(
+                cmd, cwd=pg, stdout=log, stderr=subprocess.STDOUT, timeout=180, env=st.base_env(), **kwargs
+            )
         if done.returncode != 0:
             raise StackError(f"initdb failed (exit {done.returncode}); see {st.logs / 'postgres.log'}")
     finally:
@@ -106,8 +119,14 @@ def prepare_postgres(st) -> None:
 def pg_connect(st, dbname: str = "postgres"):
     import psycopg2
 
-    return psycopg2.connect(host="127.0.0.1", port=st.ports["postgres"], user="mlflow",
-                            password=st.secrets["PG_PASSWORD"], dbname=dbname, connect_timeout=3)
+    return psycopg2.connect(
+        host="127.0.0.1",
+        port=st.ports["postgres"],
+        user="mlflow",
+        password=st.secrets["PG_PASSWORD"],
+        dbname=dbname,
+        connect_timeout=3,
+    )
 
 
 def create_databases(st) -> None:
@@ -132,11 +151,17 @@ def s3_client(st, port_name: str = "s3", *, quick: bool = False):
     from botocore.config import Config
 
     s = st.secrets
-    config = (Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}) if quick
-              else Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 5}))
+    config = (
+        Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1})
+        if quick
+        else Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 5})
+    )
     return boto3.client(
-        "s3", endpoint_url=f"http://127.0.0.1:{st.ports[port_name]}", region_name="us-east-1",
-        aws_access_key_id=s["AWS_ACCESS_KEY_ID"], aws_secret_access_key=s["AWS_SECRET_ACCESS_KEY"],
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{st.ports[port_name]}",
+        region_name="us-east-1",
+        aws_access_key_id=s["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=s["AWS_SECRET_ACCESS_KEY"],
         config=config,
     )
 
@@ -168,8 +193,16 @@ def write_mlflow_auth_config(st) -> None:
     )
 
 
-def request(st, path: str, *, auth: tuple[str, str] | None = None, data: Any = None, method: str | None = None,
-            port: str = "mlflow", timeout: float = 5) -> tuple[int, bytes]:
+def request(
+    st,
+    path: str,
+    *,
+    auth: tuple[str, str] | None = None,
+    data: Any = None,
+    method: str | None = None,
+    port: str = "mlflow",
+    timeout: float = 5,
+) -> tuple[int, bytes]:
     """One HTTP request to a service of the stack: (status, body); status 0 when unreachable."""
     url = f"http://127.0.0.1:{st.ports[port]}{path}"
     headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -202,8 +235,12 @@ def ensure_runner_user(st) -> None:
     code, _ = _admin_call(st, f"/api/2.0/mlflow/users/get?username={RUNNER_USER}")
     if code == 200:
         return
-    code, body = _admin_call(st, "/api/2.0/mlflow/users/create", method="POST",
-                             data={"username": RUNNER_USER, "password": st.secrets["MLFLOW_RUNNER_PASSWORD"]})
+    code, body = _admin_call(
+        st,
+        "/api/2.0/mlflow/users/create",
+        method="POST",
+        data={"username": RUNNER_USER, "password": st.secrets["MLFLOW_RUNNER_PASSWORD"]},
+    )
     if code != 200 and b"RESOURCE_ALREADY_EXISTS" not in body:
         raise StackError(f"could not create the MLflow user {RUNNER_USER!r}: HTTP {code} {body[:300]!r}")
 
@@ -211,8 +248,9 @@ def ensure_runner_user(st) -> None:
 def grant_edit(st, experiment_id: str, username: str = RUNNER_USER) -> None:
     """EDIT on one experiment for ``username`` (MLflow's per-user grant API); checked after."""
     target = {"username": username, "resource_type": "experiment", "resource_id": experiment_id}
-    code, body = _admin_call(st, "/api/3.0/mlflow/users/permissions/grant", method="POST",
-                             data={**target, "permission": "EDIT"})
+    code, body = _admin_call(
+        st, "/api/3.0/mlflow/users/permissions/grant", method="POST", data={**target, "permission": "EDIT"}
+    )
     if code != 200 and b"RESOURCE_ALREADY_EXISTS" not in body:
         raise StackError(f"could not grant {username!r} EDIT on experiment {experiment_id}: HTTP {code} {body[:300]!r}")
     code, body = _admin_call(st, "/api/3.0/mlflow/users/permissions/get?" + urllib.parse.urlencode(target))

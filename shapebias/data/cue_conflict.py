@@ -119,6 +119,7 @@ def normalize(batch: torch.Tensor) -> torch.Tensor:
 def load_image(path: str | Path) -> torch.Tensor:
     """One image as a uint8 (3, 224, 224) tensor (resized and centre-cropped if not 224)."""
     import numpy as np
+
     from shapebias.data.images import open_image
 
     try:

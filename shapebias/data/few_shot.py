@@ -47,10 +47,18 @@ class FewShotSource:
 # read from the file names of the sets in shared/ (n03594945 "jeep, landrover"; n01440764
 # "tench"); the paper does not name the ImageNet classes of "train" and "table".
 FEW_SHOT_SOURCES: dict[str, FewShotSource] = {
-    "jeep": FewShotSource("jeep", "n03594945", "ImageNet 'jeep, landrover', 100 training images",
-                          tree_sha256="7a53689881c647476ffe7699b15050349aba95c9a90ed23cd2814c3ec7a97d79"),
-    "fish": FewShotSource("fish", "n01440764", "ImageNet 'tench', 100 training images",
-                          tree_sha256="50baaf43770806dffc60972ce45eb84699451471fd852c7b92548c378f9d98cf"),
+    "jeep": FewShotSource(
+        "jeep",
+        "n03594945",
+        "ImageNet 'jeep, landrover', 100 training images",
+        tree_sha256="7a53689881c647476ffe7699b15050349aba95c9a90ed23cd2814c3ec7a97d79",
+    ),
+    "fish": FewShotSource(
+        "fish",
+        "n01440764",
+        "ImageNet 'tench', 100 training images",
+        tree_sha256="50baaf43770806dffc60972ce45eb84699451471fd852c7b92548c378f9d98cf",
+    ),
     "train": FewShotSource("train", None, "ImageNet train class (class not named by the authors)"),
     "table": FewShotSource("table", None, "ImageNet table class (class not named by the authors)"),
 }
@@ -70,15 +78,12 @@ def list_images(folder: str | Path) -> list[Path]:
     if not root.is_dir():
         raise DataError(f"data_dir {root} is not a folder; pass a flat folder of images")
     files = sorted(
-        p for p in root.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
     )
     if not files:
         subdirs = [p.name for p in root.iterdir() if p.is_dir()]
         hint = f" (it has sub-folders {subdirs[:3]}: point data_dir at one of them)" if subdirs else ""
-        raise DataError(
-            f"data folder {root} holds no images with extensions {', '.join(IMAGE_EXTENSIONS)}{hint}"
-        )
+        raise DataError(f"data folder {root} holds no images with extensions {', '.join(IMAGE_EXTENSIONS)}{hint}")
     formats: dict[str, list[str]] = {}
     for path in files:
         try:
@@ -176,7 +181,9 @@ def verify(name: str, path: str | Path) -> Path:
         raise DataError(f"no checksum is registered for few-shot set {name!r}; nothing to verify against")
     digest, count = tree_digest(path)
     if digest != source.tree_sha256:
-        raise DataError(f"{path} ({count} files, checksum {digest}) is not the registered {name} set ({source.tree_sha256})")
+        raise DataError(
+            f"{path} ({count} files, checksum {digest}) is not the registered {name} set ({source.tree_sha256})"
+        )
     return Path(path)
 
 
@@ -186,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from shapebias.settings import data_home
 
-    parser = argparse.ArgumentParser(prog="python -m shapebias.data.few_shot", description="the few-shot sets of Li et al. (2023)")
+    parser = argparse.ArgumentParser(
+        prog="python -m shapebias.data.few_shot", description="the few-shot sets of Li et al. (2023)"
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list")
     p = sub.add_parser("prepare", help="build a set from an ImageNet training folder")
@@ -206,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{s.name}: {s.description}; wnid {s.wnid or '(pass --wnid)'}; checksum {s.tree_sha256 or '-'}")
         elif args.action == "prepare":
             files = Path(args.files).read_text().split() if args.files else None
-            out = prepare_from_imagenet(args.name, args.imagenet_train, args.dest or data_home() / "few-shot",
-                                        args.wnid, files, seed=args.seed)
+            out = prepare_from_imagenet(
+                args.name, args.imagenet_train, args.dest or data_home() / "few-shot", args.wnid, files, seed=args.seed
+            )
             print(f"{args.name}: {out}\ntrain with: mlflow run . -e train_fastgan -P data_dir={out}")
         else:
             verify(args.name, args.path)

@@ -30,8 +30,16 @@ from shapebias.errors import ConfigError, DataError
 # garbage truck, gas pump, golf ball, parachute.
 SUBSETS: dict[str, tuple[str, ...]] = {
     "IN-S1": (
-        "n01440764", "n02102040", "n02979186", "n03000684", "n03028079",
-        "n03394916", "n03417042", "n03425413", "n03445777", "n03888605",
+        "n01440764",
+        "n02102040",
+        "n02979186",
+        "n03000684",
+        "n03028079",
+        "n03394916",
+        "n03417042",
+        "n03425413",
+        "n03445777",
+        "n03888605",
     ),
 }
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp", ".tif", ".tiff")
@@ -68,26 +76,34 @@ def subset_wnids(name: str, class_list: str | Path | None = None) -> tuple[str, 
     if name in SUBSETS:
         return SUBSETS[name]
     if is_subset_name(name):
-        raise ConfigError(f"dataset={name!r} needs a class list (--class-list FILE, one WNID per line); built in: {', '.join(SUBSETS)}")
-    raise ConfigError(f"dataset={name!r} is not accepted; choose synthetic, {', '.join(SUBSETS)} or IN-S<n> with a class list")
+        raise ConfigError(
+            f"dataset={name!r} needs a class list (--class-list FILE, one WNID per line); built in: {', '.join(SUBSETS)}"
+        )
+    raise ConfigError(
+        f"dataset={name!r} is not accepted; choose synthetic, {', '.join(SUBSETS)} or IN-S<n> with a class list"
+    )
 
 
 def train_transform(size: int = 224) -> transforms.Compose:
-    return transforms.Compose([
-        transforms.RandomResizedCrop(size),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def test_transform(size: int = 224) -> transforms.Compose:
-    return transforms.Compose([
-        transforms.Resize(round(size * 256 / 224)),
-        transforms.CenterCrop(size),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return transforms.Compose(
+        [
+            transforms.Resize(round(size * 256 / 224)),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 class ImageSubset(Dataset):
@@ -107,7 +123,9 @@ class ImageSubset(Dataset):
         for label, wnid in enumerate(self.wnids):
             folder = self.root / wnid
             if not folder.is_dir():
-                raise DataError(f"{what} {str(self.root)!r} has no class folder {wnid}/; expected one sub-folder per WNID of the subset")
+                raise DataError(
+                    f"{what} {str(self.root)!r} has no class folder {wnid}/; expected one sub-folder per WNID of the subset"
+                )
             files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS and p.is_file())
             if not files:
                 raise DataError(f"class folder {str(folder)!r} is empty; expected images ({', '.join(EXTENSIONS)})")
@@ -122,7 +140,9 @@ class ImageSubset(Dataset):
             with open_image(path) as im:
                 return im.convert("RGB")
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise DataError(f"unreadable image {str(path)!r} ({type(exc).__name__}); replace or remove the file") from None
+            raise DataError(
+                f"unreadable image {str(path)!r} ({type(exc).__name__}); replace or remove the file"
+            ) from None
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = self.load(i)
@@ -135,7 +155,9 @@ class ImageSubset(Dataset):
                 with open_image(path) as im:
                     im.size  # noqa: B018
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-                raise DataError(f"unreadable image {str(path)!r} ({type(exc).__name__}); replace or remove the file") from None
+                raise DataError(
+                    f"unreadable image {str(path)!r} ({type(exc).__name__}); replace or remove the file"
+                ) from None
 
     @property
     def files(self) -> list[Path]:
@@ -155,7 +177,9 @@ def imagenet_subset(
 ) -> dict[str, ImageSubset]:
     """``train``, ``original`` (val/) and, with ``stylized_dir``, ``stylized`` splits of a subset."""
     if not data_dir:
-        raise DataError(f"dataset={name!r} needs --data-dir: an ImageNet folder with train/ and val/ (ImageFolder layout)")
+        raise DataError(
+            f"dataset={name!r} needs --data-dir: an ImageNet folder with train/ and val/ (ImageFolder layout)"
+        )
     wnids = subset_wnids(name, class_list)
     root = Path(data_dir)
     if not root.is_dir():

@@ -26,7 +26,9 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
         try:
             im = Image.open(path)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise DataError(f"image {str(path)!r} is refused: {exc} (accepted: at most "
-                            f"{Image.MAX_IMAGE_PIXELS} pixels); resize or remove the file") from None
+            raise DataError(
+                f"image {str(path)!r} is refused: {exc} (accepted: at most "
+                f"{Image.MAX_IMAGE_PIXELS} pixels); resize or remove the file"
+            ) from None
     with im:
         yield im

@@ -26,21 +26,53 @@ from typing import Any
 
 from shapebias.errors import ConfigError
 from shapebias.protocols import fig1, synthetic, table1, table2
-from shapebias.protocols.model import (NONE, Check, Protocol, Setting, TaskSettings, canonical, describe_differences,
-                                       differences, fingerprint, flags)
+from shapebias.protocols.model import (
+    NONE,
+    Check,
+    Protocol,
+    Setting,
+    TaskSettings,
+    canonical,
+    describe_differences,
+    differences,
+    fingerprint,
+    flags,
+)
 from shapebias.protocols.tasks import TASKS
 
-__all__ = ["NONE", "REGISTRY", "TAGS", "Check", "Protocol", "Setting", "TaskSettings", "canonical", "check",
-           "check_run", "claim_of", "describe_differences", "differences", "fingerprint", "flags", "for_table",
-           "for_task", "get", "names_of", "nearest", "resolve", "run_tags", "settings_of"]
+__all__ = [
+    "NONE",
+    "REGISTRY",
+    "TAGS",
+    "Check",
+    "Protocol",
+    "Setting",
+    "TaskSettings",
+    "canonical",
+    "check",
+    "check_run",
+    "claim_of",
+    "describe_differences",
+    "differences",
+    "fingerprint",
+    "flags",
+    "for_table",
+    "for_task",
+    "get",
+    "names_of",
+    "nearest",
+    "resolve",
+    "run_tags",
+    "settings_of",
+]
 
 FAMILIES = (table1, table2, fig1, synthetic)
 
 # Run tags (the run schema, docs/run-schema.md)
-PROTOCOL_TAG = "shapebias.protocol"                 # the protocol a run claims, or "none"
+PROTOCOL_TAG = "shapebias.protocol"  # the protocol a run claims, or "none"
 FINGERPRINT_TAG = "shapebias.settings_fingerprint"  # hash of the run's effective settings
-ON_PROTOCOL_TAG = "shapebias.on_protocol"           # "true" when the settings equal the claimed protocol's
-CHECK_TAG = "shapebias.protocol_check"              # one line: on protocol X, or which settings differ
+ON_PROTOCOL_TAG = "shapebias.on_protocol"  # "true" when the settings equal the claimed protocol's
+CHECK_TAG = "shapebias.protocol_check"  # one line: on protocol X, or which settings differ
 TAGS = (PROTOCOL_TAG, FINGERPRINT_TAG, ON_PROTOCOL_TAG, CHECK_TAG)
 
 
@@ -69,8 +101,10 @@ def get(name: str, task: str | None = None) -> Protocol:
     p = REGISTRY.get(name.strip())
     families = sorted({f"{q.name.split('.')[0]}.* ({q.task})" for q in REGISTRY.values()})
     if p is None:
-        raise ConfigError(f"protocol={name!r} is not a known protocol; families: {', '.join(families)} "
-                          "(`shapebias protocols` lists them all)")
+        raise ConfigError(
+            f"protocol={name!r} is not a known protocol; families: {', '.join(families)} "
+            "(`shapebias protocols` lists them all)"
+        )
     if task is not None and p.task != task:
         mine = sorted({q.name.split(".")[0] + ".*" for q in for_task(task)}) or ["none"]
         raise ConfigError(f"protocol={name!r} is a {p.task} protocol; {task} takes: {', '.join(mine)}")
@@ -101,8 +135,10 @@ def settings_of(task: str, claimed: str | Sequence[str]) -> dict[str, Any]:
         levels.append(canonical(other.pop("topk", 1.0)))
         rest = {k: v for k, v in merged.items() if k != "topk"}
         if {k: canonical(v) for k, v in other.items()} != {k: canonical(v) for k, v in rest.items()}:
-            raise ConfigError(f"protocol={','.join(q.name for q in chosen)!r}: a sweep's protocols must differ "
-                              f"in topk only; {chosen[0].name} and {p.name} differ in more")
+            raise ConfigError(
+                f"protocol={','.join(q.name for q in chosen)!r}: a sweep's protocols must differ "
+                f"in topk only; {chosen[0].name} and {p.name} differ in more"
+            )
     merged["topk"] = ",".join(levels)
     return merged
 
@@ -154,5 +190,9 @@ def check_run(task: str, tags: Mapping[str, str], params: Mapping[str, str]) -> 
 
 def run_tags(result: Check) -> dict[str, str]:
     """The tags every run carries (see :data:`TAGS`)."""
-    return {PROTOCOL_TAG: result.claimed, FINGERPRINT_TAG: result.fingerprint,
-            ON_PROTOCOL_TAG: str(result.on_protocol).lower(), CHECK_TAG: result.describe()[:4000]}
+    return {
+        PROTOCOL_TAG: result.claimed,
+        FINGERPRINT_TAG: result.fingerprint,
+        ON_PROTOCOL_TAG: str(result.on_protocol).lower(),
+        CHECK_TAG: result.describe()[:4000],
+    }

@@ -25,8 +25,11 @@ TITLE = {"none": "dense", "topk": "Top-K", "topk_mean": "Top-K mean replacement"
 SETTINGS = {
     "model_spec": Setting("code", cite(PRIOR_MODEL, "the Code-Spec network of Table 1")),
     "stem_stride": Setting(2, cite(PRIOR_MODEL, "stem stride 2, as Table 1")),
-    "topk_layers": Setting("layer1", "study design: at 16 px layer1's maps are 8x8, so k = 5, 10, 20, 40 % keep 3, 6, 12, "
-                                     "25 positions; layer2's 4x4 maps would keep 1 position at both 5 and 10 %"),
+    "topk_layers": Setting(
+        "layer1",
+        "study design: at 16 px layer1's maps are 8x8, so k = 5, 10, 20, 40 % keep 3, 6, 12, "
+        "25 positions; layer2's 4x4 maps would keep 1 position at both 5 and 10 %",
+    ),
     "dataset": Setting("synthetic", "the generated cue-conflict benchmark: no download"),
     "epochs": Setting(6, PILOT),
     "batch_size": Setting(32, PILOT),
@@ -60,9 +63,15 @@ def protocol(sparsity: str, level: float | None = None) -> Protocol:
     if sparsity == "none":
         settings.pop("topk_layers")
     title = TITLE[sparsity] + ("" if level is None else f", k = {level * 100:g} %")
-    return Protocol(name=name_of(sparsity, level), task="train_resnet", table=TABLE,
-                    title=f"Synthetic study: ResNet-18 {title}", settings=settings, implied=IMPLIED,
-                    deviations=DEVIATIONS)
+    return Protocol(
+        name=name_of(sparsity, level),
+        task="train_resnet",
+        table=TABLE,
+        title=f"Synthetic study: ResNet-18 {title}",
+        settings=settings,
+        implied=IMPLIED,
+        deviations=DEVIATIONS,
+    )
 
 
 def protocols() -> list[Protocol]:

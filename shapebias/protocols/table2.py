@@ -24,8 +24,14 @@ AUTHORS_GAN_MODELS = f"{AUTHORS_REPO}: {GAN}/models.py"
 PRIOR_GAN_MODELS = f"{PRIOR_REPO}: {GAN}/models.py"
 
 # Table 2a's datasets -> the authors' script folder (their "railway" is the tables' "train")
-SCRIPT_OF = {"jeep": "jeep", "fish": "fish", "train": "railway", "table": "table",
-             "IN-S1-C5": "in_s1_train/5", "IN-S3-C1": "in_s3_train/1"}
+SCRIPT_OF = {
+    "jeep": "jeep",
+    "fish": "fish",
+    "train": "railway",
+    "table": "table",
+    "IN-S1-C5": "in_s1_train/5",
+    "IN-S3-C1": "in_s3_train/1",
+}
 TABLE2A = ("jeep", "fish", "train", "table")
 TABLE2B = ("IN-S1-C5", "IN-S3-C1")
 K_SCRIPT = {"table": 0.15}  # --sparse_hw_info 32_15; every other script 32_5
@@ -45,9 +51,13 @@ def _common(dataset: str) -> dict[str, Setting]:
         "width": Setting(64, cite(AUTHORS_GAN_TRAIN, "ndf = 64, ngf = 64")),
         "lr": Setting(0.0002, cite(AUTHORS_GAN_TRAIN, "nlr = 0.0002, nbeta1 = 0.5")),
         "ema_decay": Setting(0.999, cite(AUTHORS_GAN_TRAIN, "avg_p.mul_(0.999).add_(0.001 * p.data)")),
-        "recon_loss": Setting("lpips", cite(AUTHORS_GAN_TRAIN, "percept = lpips.PerceptualLoss(model='net-lin', net='vgg')")),
-        "fid_protocol": Setting("authors", cite(script, "--fid_feature_extractor_name inception-v3-compat") + "; "
-                                + cite(AUTHORS_EVAL, "Evaler")),
+        "recon_loss": Setting(
+            "lpips", cite(AUTHORS_GAN_TRAIN, "percept = lpips.PerceptualLoss(model='net-lin', net='vgg')")
+        ),
+        "fid_protocol": Setting(
+            "authors",
+            cite(script, "--fid_feature_extractor_name inception-v3-compat") + "; " + cite(AUTHORS_EVAL, "Evaler"),
+        ),
         "fid_every": Setting(1000, cite(AUTHORS_GAN_TRAIN, "eval when iteration % 1000 == 0")),
         "fid_samples": Setting(3000, cite(AUTHORS_GAN_TRAIN, "n_sample = 3000")),
         "fid_dims": Setting(2048, cite(AUTHORS_EVAL, "torch_fidelity.calculate_metrics(fid=True): pool3 features")),
@@ -61,10 +71,17 @@ def _variants(dataset: str) -> list[tuple[str, str, str, float | None, bool]]:
     """(name, title, sparsity, k, noise) of the dataset's rows."""
     if dataset in TABLE2A:
         k = K_SCRIPT.get(dataset, 0.05)
-        return [("baseline", "Baseline", "none", None, False), ("topk", "Top K", "topk", k, False),
-                ("topk-noise", "Top K + Noise", "topk", k, True)]
-    return [("baseline", "Baseline", "none", None, False), ("topk5", "Top K=5", "topk", 0.05, False),
-            ("topk15", "Top K=15", "topk", 0.15, False), ("topk15-noise", "Top K=15 + Noise", "topk", 0.15, True)]
+        return [
+            ("baseline", "Baseline", "none", None, False),
+            ("topk", "Top K", "topk", k, False),
+            ("topk-noise", "Top K + Noise", "topk", k, True),
+        ]
+    return [
+        ("baseline", "Baseline", "none", None, False),
+        ("topk5", "Top K=5", "topk", 0.05, False),
+        ("topk15", "Top K=15", "topk", 0.15, False),
+        ("topk15-noise", "Top K=15 + Noise", "topk", 0.15, True),
+    ]
 
 
 def protocol(dataset: str, variant: str, title: str, sparsity: str, k: float | None, noise: bool) -> Protocol:
@@ -79,24 +96,36 @@ def protocol(dataset: str, variant: str, title: str, sparsity: str, k: float | N
         flag = "32_15" if k == 0.15 else "32_5"
         source = cite(script, f"--sparse_hw_info {flag}") if K_SCRIPT.get(dataset, 0.05) == k else row
         settings["topk"] = Setting(k, source)
-    settings["noise_injection"] = Setting(noise, cite(PRIOR_GAN_MODELS, "NoiseInjection applies w * noise, w from 0")
-                                          if noise else cite(script, "--nonoise"))
+    settings["noise_injection"] = Setting(
+        noise,
+        cite(PRIOR_GAN_MODELS, "NoiseInjection applies w * noise, w from 0") if noise else cite(script, "--nonoise"),
+    )
     settings.update(_common(dataset))
     return Protocol(
-        name=f"{TABLE}.{dataset}.{variant}", task="train_fastgan", table=TABLE,
-        title=f"FastGAN {title} on {dataset}", settings=settings, implied=IMPLIED, deviations=DEVIATIONS,
+        name=f"{TABLE}.{dataset}.{variant}",
+        task="train_fastgan",
+        table=TABLE,
+        title=f"FastGAN {title} on {dataset}",
+        settings=settings,
+        implied=IMPLIED,
+        deviations=DEVIATIONS,
     )
 
 
 IMPLIED = {
-    "architecture": Setting("generator 29,127,846 and discriminator 11,526,160 parameters at 256 px; outputs without tanh",
-                            AUTHORS_GAN_MODELS),
-    "topk_rule": Setting("keep the max(1, int(k * 1024)) largest |x| per channel of the 32x32 feature map",
-                         cite(f"{AUTHORS_REPO}: {GAN}/TopkLoss/topk_loss_module.py", "sparse_hw")),
-    "recon_reduction": Setting("LPIPS summed over the batch; targets nearest-resized",
-                               cite(AUTHORS_GAN_TRAIN, "percept(rec, F.interpolate(data, ...)).sum()")),
-    "fid": Setting("3,000 samples, best of 3, uint8 [127, 255] pixels; the best evaluation of the run",
-                   AUTHORS_EVAL),
+    "architecture": Setting(
+        "generator 29,127,846 and discriminator 11,526,160 parameters at 256 px; outputs without tanh",
+        AUTHORS_GAN_MODELS,
+    ),
+    "topk_rule": Setting(
+        "keep the max(1, int(k * 1024)) largest |x| per channel of the 32x32 feature map",
+        cite(f"{AUTHORS_REPO}: {GAN}/TopkLoss/topk_loss_module.py", "sparse_hw"),
+    ),
+    "recon_reduction": Setting(
+        "LPIPS summed over the batch; targets nearest-resized",
+        cite(AUTHORS_GAN_TRAIN, "percept(rec, F.interpolate(data, ...)).sum()"),
+    ),
+    "fid": Setting("3,000 samples, best of 3, uint8 [127, 255] pixels; the best evaluation of the run", AUTHORS_EVAL),
 }
 DEVIATIONS = (
     "FID is computed on pytorch-fid's Inception network with the authors' pipeline rebuilt around it "

@@ -27,8 +27,19 @@ def _shape_bias_irrelevant(values: Mapping[str, str]) -> list[str]:
 
 TRAIN_RESNET = TaskSettings(
     task="train_resnet",
-    keys=("model_spec", "stem_stride", "sparsity", "topk", "topk_layers", "dataset", "epochs", "batch_size", "lr",
-          "num_workers", *SYNTHETIC_ONLY),
+    keys=(
+        "model_spec",
+        "stem_stride",
+        "sparsity",
+        "topk",
+        "topk_layers",
+        "dataset",
+        "epochs",
+        "batch_size",
+        "lr",
+        "num_workers",
+        *SYNTHETIC_ONLY,
+    ),
     # num_workers is a result setting: each Ray worker takes batch_size samples a step (global batch).
     ignored=("seed", "data_dir", "stylized_dir", "class_list", "storage_path", "protocol"),
     irrelevant=_resnet_irrelevant,
@@ -42,6 +53,7 @@ SHAPE_BIAS = TaskSettings(
     irrelevant=_shape_bias_irrelevant,
 )
 
+
 def _fastgan_irrelevant(values: Mapping[str, str]) -> list[str]:
     out = ["topk"] if values.get("sparsity") == "none" else []
     if values.get("rollback_patience") == "0":
@@ -51,9 +63,26 @@ def _fastgan_irrelevant(values: Mapping[str, str]) -> list[str]:
 
 TRAIN_FASTGAN = TaskSettings(
     task="train_fastgan",
-    keys=("dataset", "im_size", "iterations", "batch_size", "sparsity", "topk", "noise_injection", "recon_loss",
-          "fid_protocol", "fid_every", "fid_samples", "fid_dims", "width", "lr", "ema_decay", "rollback_patience",
-          "perturb_g", "perturb_d"),
+    keys=(
+        "dataset",
+        "im_size",
+        "iterations",
+        "batch_size",
+        "sparsity",
+        "topk",
+        "noise_injection",
+        "recon_loss",
+        "fid_protocol",
+        "fid_every",
+        "fid_samples",
+        "fid_dims",
+        "width",
+        "lr",
+        "ema_decay",
+        "rollback_patience",
+        "perturb_g",
+        "perturb_d",
+    ),
     # the data folder is named by `dataset` (and fingerprinted in a tag); the Inception file decides only
     # whether the score is `fid` or `fid_unverified`
     ignored=("data_dir", "fid_weights", "seed", "checkpoint_every", "storage_path", "protocol"),

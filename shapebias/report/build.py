@@ -17,8 +17,11 @@ from shapebias.report.tables import Section, TableResult
 from shapebias.report.verdicts import Verdict, decide
 
 BUILDERS: dict[str, Callable[[Sequence[Run]], TableResult]] = {
-    "table1": resnet_accuracy_table, "table2": fastgan_fid_tables, "shape_bias": shape_bias_tables,
-    "synthetic": study_table}
+    "table1": resnet_accuracy_table,
+    "table2": fastgan_fid_tables,
+    "shape_bias": shape_bias_tables,
+    "synthetic": study_table,
+}
 LEFT_OUT_COLUMNS = [f.name for f in dataclasses.fields(LeftOut)]
 
 

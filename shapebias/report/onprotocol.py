@@ -55,7 +55,10 @@ def other_settings(result: TableResult, runs: Sequence[Run]) -> list[Section]:
         kept = section.key.endswith(KEEP_KEYS)
         key = section.key if kept else f"{section.key}_other_settings"
         title = section.title if kept else f"{section.title}: other settings (not compared with published values)"
-        notes = [*section.notes, "Not on a published protocol (`shapebias protocols`), so no published value, Δ or "
-                 "verdict. What differs:", *lines]
+        notes = [
+            *section.notes,
+            "Not on a published protocol (`shapebias protocols`), so no published value, Δ or verdict. What differs:",
+            *lines,
+        ]
         out.append(Section(key, title, section.table, section.data, notes))
     return out

@@ -21,10 +21,22 @@ PARENT_TAG = "mlflow.parentRunId"
 PARAM_TAG_PREFIX = "shapebias.param."  # same as shapebias.tracking.PARAM_TAG_PREFIX
 
 # Parameters that never make two runs different configurations.
-IGNORED_PARAMS = frozenset({
-    "seed", "data_dir", "stylized_dir", "class_list", "storage_path", "fid_weights", "num_workers",
-    "output_dir", "weights", "sweep", "protocol", "device",
-})
+IGNORED_PARAMS = frozenset(
+    {
+        "seed",
+        "data_dir",
+        "stylized_dir",
+        "class_list",
+        "storage_path",
+        "fid_weights",
+        "num_workers",
+        "output_dir",
+        "weights",
+        "sweep",
+        "protocol",
+        "device",
+    }
+)
 # Parameters that mean nothing for a dense model (sparsity none): blanked before grouping.
 SPARSITY_ONLY_PARAMS = ("topk", "topk_layers")
 
@@ -45,7 +57,7 @@ class Run:
     def __post_init__(self) -> None:
         """Params as the run ran them: a ``shapebias.param.<name>`` tag replaces the param MLflow
         logged first (``mlflow run`` logs MLproject's empty parameters as ``''``)."""
-        run_values = {k[len(PARAM_TAG_PREFIX):]: v for k, v in self.tags.items() if k.startswith(PARAM_TAG_PREFIX)}
+        run_values = {k[len(PARAM_TAG_PREFIX) :]: v for k, v in self.tags.items() if k.startswith(PARAM_TAG_PREFIX)}
         if run_values:
             self.params = {**self.params, **run_values}
 
@@ -103,21 +115,45 @@ class TableSpec:
     task: str
     required_params: tuple[str, ...]
     metrics: tuple[str, ...]
-    row_params: tuple[str, ...]   # always part of the row key, in this order
-    column_param: str             # one column per value (dataset, Top-K level)
+    row_params: tuple[str, ...]  # always part of the row key, in this order
+    column_param: str  # one column per value (dataset, Top-K level)
     ignored: frozenset[str] = IGNORED_PARAMS
 
 
-TABLE1 = TableSpec("table1", "train_resnet", ("model_spec", "sparsity", "stem_stride", "dataset", "seed"),
-                   ("test_acc", "stylized_acc"), ("model_spec", "sparsity", "stem_stride"), "dataset")
-TABLE2 = TableSpec("table2", "train_fastgan", ("sparsity", "noise_injection", "dataset"),
-                   ("fid",), ("sparsity", "topk", "noise_injection"), "dataset")
-SHAPE_BIAS = TableSpec("shape_bias", "shape_bias", ("model", "sparsity", "topk"), ("shape_bias",),
-                       ("model", "sparsity"), "topk", IGNORED_PARAMS | {"batch_size"})
+TABLE1 = TableSpec(
+    "table1",
+    "train_resnet",
+    ("model_spec", "sparsity", "stem_stride", "dataset", "seed"),
+    ("test_acc", "stylized_acc"),
+    ("model_spec", "sparsity", "stem_stride"),
+    "dataset",
+)
+TABLE2 = TableSpec(
+    "table2",
+    "train_fastgan",
+    ("sparsity", "noise_injection", "dataset"),
+    ("fid",),
+    ("sparsity", "topk", "noise_injection"),
+    "dataset",
+)
+SHAPE_BIAS = TableSpec(
+    "shape_bias",
+    "shape_bias",
+    ("model", "sparsity", "topk"),
+    ("shape_bias",),
+    ("model", "sparsity"),
+    "topk",
+    IGNORED_PARAMS | {"batch_size"},
+)
 # The synthetic study (shapebias.report.study): train_resnet runs that claim a synthetic.* protocol.
-STUDY = TableSpec("synthetic", "train_resnet", ("sparsity", "dataset", "seed"),
-                  ("shape_bias", "test_acc", "stylized_acc", "cue_conflict_shape_acc", "cue_conflict_texture_acc"),
-                  ("sparsity",), "topk")
+STUDY = TableSpec(
+    "synthetic",
+    "train_resnet",
+    ("sparsity", "dataset", "seed"),
+    ("shape_bias", "test_acc", "stylized_acc", "cue_conflict_shape_acc", "cue_conflict_texture_acc"),
+    ("sparsity",),
+    "topk",
+)
 STUDY_PROTOCOL_PREFIX = "synthetic."
 SPEC_OF_TASK = {s.task: s for s in (TABLE1, TABLE2, SHAPE_BIAS)}
 SPEC_OF_TABLE = {s.name: s for s in (TABLE1, TABLE2, SHAPE_BIAS, STUDY)}
@@ -146,8 +182,11 @@ def canonical_params(run: Run, spec: TableSpec) -> dict[str, str]:
 
 def _why_unusable(run: Run, spec: TableSpec, parents: set[str]) -> str:
     """Why a run of the table's task cannot be used ("" when it can)."""
-    if spec is SHAPE_BIAS and "shape_bias" not in run.metrics and (
-            run.run_id in parents or "," in run.params.get("topk", "")):
+    if (
+        spec is SHAPE_BIAS
+        and "shape_bias" not in run.metrics
+        and (run.run_id in parents or "," in run.params.get("topk", ""))
+    ):
         return "sweep parent run: its levels are its child runs"
     if run.status != "FINISHED":
         return f"status {run.status} (only FINISHED runs count)"
@@ -245,8 +284,15 @@ def group_cells(runs: Sequence[Run], spec: TableSpec) -> Grouping:
         seed = p.get("seed", "") if spec.task != "shape_bias" else ""
         if seed in buckets[key]:
             old = buckets[key][seed]
-            superseded.append(LeftOut(old.run_id, old.experiment, old.task, old.status,
-                                      f"same configuration and seed as the later run {run.run_id}"))
+            superseded.append(
+                LeftOut(
+                    old.run_id,
+                    old.experiment,
+                    old.task,
+                    old.status,
+                    f"same configuration and seed as the later run {run.run_id}",
+                )
+            )
         buckets[key][seed] = run
     cells = []
     for (row, column), by_seed in buckets.items():
@@ -258,6 +304,7 @@ def group_cells(runs: Sequence[Run], spec: TableSpec) -> Grouping:
 
 def column_order(values: Iterable[str], known: Sequence[str]) -> list[str]:
     """Known values in their given order, then numbers ascending, then the rest alphabetically."""
+
     def key(v: str) -> tuple:
         if v in known:
             return (0, known.index(v), 0.0, v)
@@ -265,4 +312,5 @@ def column_order(values: Iterable[str], known: Sequence[str]) -> list[str]:
             return (1, 0, float(v), v)
         except ValueError:
             return (2, 0, 0.0, v)
+
     return sorted(set(values), key=key)

@@ -32,16 +32,26 @@ from shapebias.report.tables import Section, TableResult, with_varying
 from shapebias.report.verdicts import Verdict, compare_cells
 
 CONFIDENCE = 0.95
-METRICS = (("shape_bias", "shape bias"), ("test_acc", "clean acc."), ("stylized_acc", "stylized acc."),
-           ("cue_conflict_shape_acc", "cue-conflict: shape"), ("cue_conflict_texture_acc", "cue-conflict: texture"))
+METRICS = (
+    ("shape_bias", "shape bias"),
+    ("test_acc", "clean acc."),
+    ("stylized_acc", "stylized acc."),
+    ("cue_conflict_shape_acc", "cue-conflict: shape"),
+    ("cue_conflict_texture_acc", "cue-conflict: texture"),
+)
 SPARSITY_ORDER = ("none", "topk", "topk_mean")
 LABEL = {"none": "dense", "topk": "Top-K", "topk_mean": "Top-K Mean Rpl."}
 PREFIX = "Synthetic study: "
 CLAIM_SB = stats.Claim(PREFIX + "Top-K raises shape bias over the dense baseline", "shape_bias", "greater", "pp")
-CLAIM_STYLIZED = stats.Claim(PREFIX + "Top-K raises stylized accuracy over the dense baseline", "stylized_acc",
-                             "greater", "pp")
-CLAIM_MEAN = stats.Claim(PREFIX + "Top-K mean replacement raises stylized accuracy further (over Top-K, same k)",
-                         "stylized_acc", "greater", "pp")
+CLAIM_STYLIZED = stats.Claim(
+    PREFIX + "Top-K raises stylized accuracy over the dense baseline", "stylized_acc", "greater", "pp"
+)
+CLAIM_MEAN = stats.Claim(
+    PREFIX + "Top-K mean replacement raises stylized accuracy further (over Top-K, same k)",
+    "stylized_acc",
+    "greater",
+    "pp",
+)
 CLAIM_CLEAN = stats.Claim(PREFIX + "Top-K raises clean accuracy over the dense baseline", "test_acc", "greater", "pp")
 CLAIMS = (CLAIM_SB, CLAIM_STYLIZED, CLAIM_MEAN, CLAIM_CLEAN)
 
@@ -78,9 +88,11 @@ def label(row: Mapping[str, str], column: str) -> str:
 
 def _order(cell: Cell) -> tuple:
     row = dict(cell.row)
-    return (tuple(v for k, v in cell.row if k != "sparsity"),
-            SPARSITY_ORDER.index(row["sparsity"]) if row["sparsity"] in SPARSITY_ORDER else 9,
-            fmt.number_or_inf(cell.column))
+    return (
+        tuple(v for k, v in cell.row if k != "sparsity"),
+        SPARSITY_ORDER.index(row["sparsity"]) if row["sparsity"] in SPARSITY_ORDER else 9,
+        fmt.number_or_inf(cell.column),
+    )
 
 
 def study_table(runs: Sequence[Run]) -> TableResult:
@@ -90,32 +102,63 @@ def study_table(runs: Sequence[Run]) -> TableResult:
     shown, data = [], []
     for cell in cells:
         row = dict(cell.row)
-        shown.append({"variant": label(row, cell.column), "n": cell.n,
-                      **{title: interval_text(cell.values[m]) for m, title in METRICS}})
+        shown.append(
+            {
+                "variant": label(row, cell.column),
+                "n": cell.n,
+                **{title: interval_text(cell.values[m]) for m, title in METRICS},
+            }
+        )
         numbers = {}
         for m, _ in METRICS:
             numbers[f"{m}_mean"], numbers[f"{m}_ci_low"], numbers[f"{m}_ci_high"] = interval(cell.values[m])
-        data.append({"variant": label(row, cell.column), **row, "topk": level(row, cell.column), "n": cell.n,
-                     "seeds": ",".join(canonical_value(r.params.get("seed", "")) for r in cell.runs), **numbers,
-                     "run_ids": cell.run_ids()})
-    notes = [f"Percent, mean over seeds [{CONFIDENCE:.0%} t-interval of the mean, n - 1 degrees of freedom]; "
-             "n = seeds. k = fraction of positions kept per channel by Top-K.",
-             "Generated benchmark (shapebias.data.synthetic): 'stylized' fills each class's shape with a texture of "
-             "no class; 'cue-conflict' gives a shape one class and the texture another (shape bias = shape "
-             "decisions / (shape + texture decisions))."]
-    sections = [Section("synthetic_study", "Synthetic shape-bias study", pd.DataFrame(shown), pd.DataFrame(data),
-                        with_varying(notes, grouping.varying))]
+        data.append(
+            {
+                "variant": label(row, cell.column),
+                **row,
+                "topk": level(row, cell.column),
+                "n": cell.n,
+                "seeds": ",".join(canonical_value(r.params.get("seed", "")) for r in cell.runs),
+                **numbers,
+                "run_ids": cell.run_ids(),
+            }
+        )
+    notes = [
+        f"Percent, mean over seeds [{CONFIDENCE:.0%} t-interval of the mean, n - 1 degrees of freedom]; "
+        "n = seeds. k = fraction of positions kept per channel by Top-K.",
+        "Generated benchmark (shapebias.data.synthetic): 'stylized' fills each class's shape with a texture of "
+        "no class; 'cue-conflict' gives a shape one class and the texture another (shape bias = shape "
+        "decisions / (shape + texture decisions)).",
+    ]
+    sections = [
+        Section(
+            "synthetic_study",
+            "Synthetic shape-bias study",
+            pd.DataFrame(shown),
+            pd.DataFrame(data),
+            with_varying(notes, grouping.varying),
+        )
+    ]
     return TableResult(sections, _verdicts(cells), grouping.superseded, {"cells": cells})
 
 
 def _verdicts(cells: Sequence[Cell]) -> list[Verdict]:
     """Per Top-K level: against the dense model (same other settings); mean replacement against Top-K."""
+
     def rest(cell: Cell) -> tuple:
         return tuple((k, v) for k, v in cell.row if k not in ("sparsity", "topk_layers"))
 
     def find(sparsity: str, column: str, like: Cell) -> Cell | None:
-        return next((c for c in cells if dict(c.row)["sparsity"] == sparsity and rest(c) == rest(like)
-                     and (sparsity == "none" or c.column == column)), None)
+        return next(
+            (
+                c
+                for c in cells
+                if dict(c.row)["sparsity"] == sparsity
+                and rest(c) == rest(like)
+                and (sparsity == "none" or c.column == column)
+            ),
+            None,
+        )
 
     out = []
     for cell in cells:
@@ -132,6 +175,7 @@ def _verdicts(cells: Sequence[Cell]) -> list[Verdict]:
 
 # --- plots -------------------------------------------------------------------------------------
 
+
 def study_figures(data: Mapping[str, Any]) -> dict[str, bytes]:
     """PNG bytes by name: shape bias against k (95 % intervals), accuracy against shape bias."""
     from shapebias.plots import _pyplot
@@ -141,8 +185,10 @@ def study_figures(data: Mapping[str, Any]) -> dict[str, bytes]:
     if not cells:
         return {}
     out = {}
-    for name, draw in (("synthetic_shape_bias_vs_k.png", _shape_bias_vs_k),
-                       ("synthetic_accuracy_vs_shape_bias.png", _accuracy_vs_shape_bias)):
+    for name, draw in (
+        ("synthetic_shape_bias_vs_k.png", _shape_bias_vs_k),
+        ("synthetic_accuracy_vs_shape_bias.png", _accuracy_vs_shape_bias),
+    ):
         fig = draw(plt, cells)
         buf = io.BytesIO()
         fig.tight_layout()
@@ -186,8 +232,15 @@ def _accuracy_vs_shape_bias(plt, cells: Sequence[Cell]):
         for c in cells:
             x, xlo, xhi = _errors(c, "shape_bias")
             y, ylo, yhi = _errors(c, metric)
-            ax.errorbar([x], [y], xerr=[[xlo], [xhi]], yerr=[[ylo], [yhi]], marker="o", capsize=2,
-                        label=label(dict(c.row), c.column))
+            ax.errorbar(
+                [x],
+                [y],
+                xerr=[[xlo], [xhi]],
+                yerr=[[ylo], [yhi]],
+                marker="o",
+                capsize=2,
+                label=label(dict(c.row), c.column),
+            )
         ax.set_xlabel("shape bias (%)")
         ax.set_ylabel(f"{title} accuracy (%)")
         ax.set_title(f"{title} accuracy against shape bias")

@@ -13,11 +13,31 @@ from shapebias.synthesis.vgg import DEFAULT_LAYERS, check_layers, min_image_size
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 # scikit-image sample images that ship with the package (no download): "skimage:chelsea" is the cat.
 SKIMAGE_SAMPLES = (
-    "astronaut", "brick", "camera", "cat", "cell", "checkerboard", "chelsea", "clock", "coffee",
-    "coins", "colorwheel", "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry",
-    "logo", "microaneurysms", "moon", "page", "retina", "rocket", "shepp_logan_phantom", "text",
+    "astronaut",
+    "brick",
+    "camera",
+    "cat",
+    "cell",
+    "checkerboard",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "horse",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "microaneurysms",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "shepp_logan_phantom",
+    "text",
 )
-
 
 
 def _as_rgb(array: np.ndarray, name: str) -> np.ndarray:
@@ -81,7 +101,9 @@ def load_images(spec: str) -> list[tuple[str, np.ndarray]]:
     )
 
 
-def prepare_image(image: np.ndarray, size: int, layers: Sequence[str] = DEFAULT_LAYERS, name: str = "image") -> np.ndarray:
+def prepare_image(
+    image: np.ndarray, size: int, layers: Sequence[str] = DEFAULT_LAYERS, name: str = "image"
+) -> np.ndarray:
     """Centre-crop to a square and resize to ``size`` x ``size`` (anti-aliased).
 
     Raises DataError when the picture (or ``size``) is smaller than the chosen layers need.
@@ -115,4 +137,3 @@ def grid(images: Sequence[np.ndarray], pad: int = 2) -> np.ndarray:
             parts.append(gap)
         parts.append(im)
     return np.concatenate(parts, axis=1)
-

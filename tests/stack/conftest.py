@@ -117,7 +117,9 @@ def finished_job_run(stack, client, experiment_id, jobs):
     run one tiny job when a test runs without them)."""
     import stackjobs as sj
 
-    runs = client.search_runs([experiment_id], "tags.`shapebias.task` = 'train_resnet' and attributes.status = 'FINISHED'")
+    runs = client.search_runs(
+        [experiment_id], "tags.`shapebias.task` = 'train_resnet' and attributes.status = 'FINISHED'"
+    )
     if runs:
         return runs[0].info.run_id
     run_id = client.create_run(experiment_id, run_name="security-probe").info.run_id

@@ -35,14 +35,12 @@ def train_entrypoint(run_id: str, train_args: str, epochs: int) -> str:
 
     # SHAPEBIAS_STACK_TRAIN_ENTRY runs the suite against another build of the job.
     entry = os.environ.get("SHAPEBIAS_STACK_TRAIN_ENTRY", "python -m training.train_resnet")
-    return (
-        f"{entry} --run-id {run_id} --epochs {epochs} {train_args} "
-        f"--storage-path {CHECKPOINTS_URI}"
-    )
+    return f"{entry} --run-id {run_id} --epochs {epochs} {train_args} --storage-path {CHECKPOINTS_URI}"
 
 
-def submit_train(stack, run_id: str, train_args: str, epochs: int, env: Mapping[str, str] | None = None,
-                 tag: str = "job") -> str:
+def submit_train(
+    stack, run_id: str, train_args: str, epochs: int, env: Mapping[str, str] | None = None, tag: str = "job"
+) -> str:
     return stack.submit(
         train_entrypoint(run_id, train_args, epochs),
         submission_id=f"sb-{tag}-{uuid.uuid4().hex[:8]}",
@@ -84,7 +82,7 @@ def checkpoints(stack, run_id: str) -> list[str]:
     found = set()
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
         for obj in page.get("Contents", []):
-            rest = obj["Key"][len(prefix):]
+            rest = obj["Key"][len(prefix) :]
             if rest.startswith("checkpoint_") and "/" in rest:
                 found.add(rest.split("/", 1)[0])
     return sorted(found)
@@ -114,8 +112,13 @@ def train_worker_pids(stack, jobs, sub: str) -> list[int]:
     from ray.util.state import list_actors
 
     job_id = jobs.get_job_info(sub).job_id
-    actors = list_actors(address=stack.jobs_address, filters=[("state", "=", "ALIVE")], detail=True,
-                         limit=1000, raise_on_missing_output=False)
+    actors = list_actors(
+        address=stack.jobs_address,
+        filters=[("state", "=", "ALIVE")],
+        detail=True,
+        limit=1000,
+        raise_on_missing_output=False,
+    )
     return [int(a.pid) for a in actors if "RayTrainWorker" in (a.class_name or "") and a.job_id == job_id and a.pid]
 
 

@@ -40,10 +40,16 @@ def _wait_second_epoch(stack, client, jobs, run_id: str, sub: str) -> None:
     epoch 1, so that checkpoint is registered (a checkpoint merely visible in S3 may still be
     uploading, and a fault then rightly starts over). The epoch sleep that follows is when the
     fault lands."""
-    sj.wait_until(lambda: len(sj.steps(client, run_id, "train_loss")) >= 2 or sj.status(jobs, sub) in sj.TERMINAL,
-                  sj.JOB_TIMEOUT, "epoch 2's metrics")
-    sj.wait_until(lambda: sj.checkpoint_recorded(stack, run_id) or sj.status(jobs, sub) in sj.TERMINAL,
-                  120, "Ray Train to record a checkpoint")
+    sj.wait_until(
+        lambda: len(sj.steps(client, run_id, "train_loss")) >= 2 or sj.status(jobs, sub) in sj.TERMINAL,
+        sj.JOB_TIMEOUT,
+        "epoch 2's metrics",
+    )
+    sj.wait_until(
+        lambda: sj.checkpoint_recorded(stack, run_id) or sj.status(jobs, sub) in sj.TERMINAL,
+        120,
+        "Ray Train to record a checkpoint",
+    )
     sj.assert_running(jobs, sub)
 
 
@@ -66,8 +72,13 @@ def test_worker_killed_mid_training_resumes_from_checkpoint(stack, client, exper
         os.kill(pid, signal.SIGKILL)
     # The fault hit: the workers are gone, and a new worker group took over.
     sj.wait_until(lambda: all(proc_gone(p) for p in pids), 30, "the killed workers to be gone")
-    new = sj.wait_until(lambda: [p for p in sj.train_worker_pids(stack, jobs, sub) if p not in pids]
-                        or sj.status(jobs, sub) in sj.TERMINAL, sj.JOB_TIMEOUT, "a new Ray Train worker")
+    new = sj.wait_until(
+        lambda: (
+            [p for p in sj.train_worker_pids(stack, jobs, sub) if p not in pids] or sj.status(jobs, sub) in sj.TERMINAL
+        ),
+        sj.JOB_TIMEOUT,
+        "a new Ray Train worker",
+    )
     assert new is not True, f"no new worker started:\n{sj.tail(sj.logs(jobs, sub))}"
 
     out = _succeeded(jobs, sub)
@@ -80,18 +91,24 @@ def test_worker_killed_mid_training_resumes_from_checkpoint(stack, client, exper
     # Ray Train's checkpoints and the run's artifacts are in the S3 bucket.
     assert len(sj.checkpoints(stack, run_id)) >= 1
     assert sj.s3_keys(stack, f"mlartifacts/{experiment_id}/{run_id}/artifacts/samples/"), "samples picture not in S3"
-    sj.record(fault_report, fault="Ray Train worker process killed (SIGKILL) mid-training",
-              injected=f"after epoch {logged} of {EPOCHS} was logged; worker pids {pids} gone, new {new}",
-              survived=f"default failure policy restarted the workers; resumed from epoch {resumed}; "
-              f"run FINISHED, {EPOCHS} points per curve", job=sub)
+    sj.record(
+        fault_report,
+        fault="Ray Train worker process killed (SIGKILL) mid-training",
+        injected=f"after epoch {logged} of {EPOCHS} was logged; worker pids {pids} gone, new {new}",
+        survived=f"default failure policy restarted the workers; resumed from epoch {resumed}; "
+        f"run FINISHED, {EPOCHS} points per curve",
+        job=sub,
+    )
 
 
 def test_mlflow_server_restarted_mid_run(stack, client, experiment_id, jobs, fault_report):
     run_id = _new_run(client, experiment_id, "fault-mlflow-restart")
-    sub = sj.submit_train(stack, run_id, TRAIN_ARGS, EPOCHS, tag="mlflow-restart",
-                          env={"SHAPEBIAS_EPOCH_SLEEP": "6"})
-    sj.wait_until(lambda: sj.steps(client, run_id, "train_loss") or sj.status(jobs, sub) in sj.TERMINAL,
-                  sj.JOB_TIMEOUT, "the first epoch's metrics")
+    sub = sj.submit_train(stack, run_id, TRAIN_ARGS, EPOCHS, tag="mlflow-restart", env={"SHAPEBIAS_EPOCH_SLEEP": "6"})
+    sj.wait_until(
+        lambda: sj.steps(client, run_id, "train_loss") or sj.status(jobs, sub) in sj.TERMINAL,
+        sj.JOB_TIMEOUT,
+        "the first epoch's metrics",
+    )
     sj.assert_running(jobs, sub)
     before = sj.steps(client, run_id, "train_loss")
     assert len(before) < EPOCHS
@@ -110,15 +127,18 @@ def test_mlflow_server_restarted_mid_run(stack, client, experiment_id, jobs, fau
     later = sorted({m.step for key in CURVES for m in sj.history(client, run_id, key) if m.timestamp >= t_down})
     assert later, "no metric point was logged after the restart began"
     assert set(later) | set(before) == set(range(EPOCHS))
-    sj.record(fault_report, fault="MLflow tracking server restarted mid-run",
-              injected=f"after epoch {len(before)} of {EPOCHS}; server down {outage:.0f} s",
-              survived=f"epochs {[s + 1 for s in later]} logged after the restart; run FINISHED", job=sub)
+    sj.record(
+        fault_report,
+        fault="MLflow tracking server restarted mid-run",
+        injected=f"after epoch {len(before)} of {EPOCHS}; server down {outage:.0f} s",
+        survived=f"epochs {[s + 1 for s in later]} logged after the restart; run FINISHED",
+        job=sub,
+    )
 
 
 def test_driver_killed_then_resubmitted_continues_from_checkpoint(stack, client, experiment_id, jobs, fault_report):
     run_id = _new_run(client, experiment_id, "fault-driver-killed")
-    sub1 = sj.submit_train(stack, run_id, TRAIN_ARGS, EPOCHS, tag="driver-kill",
-                           env={"SHAPEBIAS_EPOCH_SLEEP": "8"})
+    sub1 = sj.submit_train(stack, run_id, TRAIN_ARGS, EPOCHS, tag="driver-kill", env={"SHAPEBIAS_EPOCH_SLEEP": "8"})
     _wait_second_epoch(stack, client, jobs, run_id, sub1)
     info = sj.wait_until(lambda: (i := jobs.get_job_info(sub1)).driver_info and i, 60, "the driver's pid")
     done_before = len(sj.steps(client, run_id, "train_loss"))
@@ -138,10 +158,14 @@ def test_driver_killed_then_resubmitted_continues_from_checkpoint(stack, client,
     assert resumed >= 1 and "resuming from the checkpoint of epoch" in out, sj.tail(out)
     assert f"epoch 1/{EPOCHS}:" not in out, "the resubmitted job trained epoch 1 again"
     _one_point_per_epoch(client, run_id)
-    sj.record(fault_report, fault="driver killed (SIGKILL), job submitted again with the same run",
-              injected=f"after epoch {done_before} of {EPOCHS} was logged",
-              survived=f"second job resumed from epoch {resumed} (did not retrain epoch 1); run FINISHED, "
-              f"{EPOCHS} points per curve", job=f"{sub1} -> {sub2}")
+    sj.record(
+        fault_report,
+        fault="driver killed (SIGKILL), job submitted again with the same run",
+        injected=f"after epoch {done_before} of {EPOCHS} was logged",
+        survived=f"second job resumed from epoch {resumed} (did not retrain epoch 1); run FINISHED, "
+        f"{EPOCHS} points per curve",
+        job=f"{sub1} -> {sub2}",
+    )
 
 
 def test_artifact_upload_survives_s3_outage(stack, client, experiment_id, fault_report, tmp_path):
@@ -177,8 +201,19 @@ def test_artifact_upload_survives_s3_outage(stack, client, experiment_id, fault_
     key = f"mlartifacts/{experiment_id}/{run_id}/artifacts/outage/blob.bin"
     assert sj.s3_keys(stack, key) == [key]
     log = (stack.logs / "mlflow.log").read_text(errors="replace")
-    puts = len(re.findall(rf'"PUT /api/2.0/mlflow-artifacts/artifacts/{experiment_id}/{run_id}/artifacts/outage/blob.bin', log))
-    sj.record(fault_report, fault="S3 endpoint stopped (SIGKILL) for ~20 s during an artifact upload",
-              injected=f"S3 down {back:.0f} s", survived=f"upload finished {float(outcome['done']) - t0:.0f} s after "
-              f"it began; " + (f"the MLflow client re-sent it {puts - 1} time(s) after server errors" if puts > 1
-                               else "the server's S3 client retried") + "; bytes identical")
+    puts = len(
+        re.findall(rf'"PUT /api/2.0/mlflow-artifacts/artifacts/{experiment_id}/{run_id}/artifacts/outage/blob.bin', log)
+    )
+    sj.record(
+        fault_report,
+        fault="S3 endpoint stopped (SIGKILL) for ~20 s during an artifact upload",
+        injected=f"S3 down {back:.0f} s",
+        survived=f"upload finished {float(outcome['done']) - t0:.0f} s after "
+        f"it began; "
+        + (
+            f"the MLflow client re-sent it {puts - 1} time(s) after server errors"
+            if puts > 1
+            else "the server's S3 client retried"
+        )
+        + "; bytes identical",
+    )

@@ -92,15 +92,19 @@ def _s3(stack, port: str, **kwargs):
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{stack.ports[port]}", region_name="us-east-1",
-                        config=Config(retries={"max_attempts": 1}, **kwargs.pop("config", {})), **kwargs)
+    return boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{stack.ports[port]}",
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}, **kwargs.pop("config", {})),
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("port", ["s3", "s3-store"])
 def test_s3_refuses_unsigned_and_wrongly_signed_requests(stack, port):
     from botocore import UNSIGNED
     from botocore.exceptions import ClientError
-
     from shapebias_local_stack import BUCKET
 
     key_id, secret = stack.secrets["AWS_ACCESS_KEY_ID"], stack.secrets["AWS_SECRET_ACCESS_KEY"]
@@ -112,8 +116,10 @@ def test_s3_refuses_unsigned_and_wrongly_signed_requests(stack, port):
     key = f"probe/{port}-{os.getpid()}"
     outcomes = {}
     for who, client in clients.items():
-        for op, call in {"put": lambda c: c.put_object(Bucket=BUCKET, Key=key, Body=b"x"),
-                         "get": lambda c: c.list_objects_v2(Bucket=BUCKET, Prefix="mlartifacts/")}.items():
+        for op, call in {
+            "put": lambda c: c.put_object(Bucket=BUCKET, Key=key, Body=b"x"),
+            "get": lambda c: c.list_objects_v2(Bucket=BUCKET, Prefix="mlartifacts/"),
+        }.items():
             try:
                 call(client)
                 outcomes[f"{who} {op}"] = "accepted"
@@ -125,8 +131,9 @@ def test_s3_refuses_unsigned_and_wrongly_signed_requests(stack, port):
     good.put_object(Bucket=BUCKET, Key=key, Body=b"signed")
     assert good.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"signed"
     for path, method in (("/moto-api/reset-auth", "POST"), ("/moto-api/data.json", "GET")):
-        req = urllib.request.Request(f"http://127.0.0.1:{stack.ports[port]}{path}", method=method,
-                                     data=b"1000" if method == "POST" else None)
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{stack.ports[port]}{path}", method=method, data=b"1000" if method == "POST" else None
+        )
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req, timeout=30)
         assert err.value.code == 403, path
@@ -151,7 +158,7 @@ def _address(hexaddr: str) -> str:
     raw = bytes.fromhex(hexaddr)
     if len(raw) == 4:
         return str(ipaddress.IPv4Address(raw[::-1]))
-    address = ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+    address = ipaddress.IPv6Address(b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)))
     return f"::ffff:{address.ipv4_mapped}" if address.ipv4_mapped else str(address)
 
 
@@ -165,7 +172,7 @@ def _stack_processes(stack_mod, root: Path) -> set[int]:
                 stat_line = Path(f"/proc/{entry.name}/stat").read_text()
             except OSError:
                 continue
-            parent[int(entry.name)] = int(stat_line[stat_line.rindex(")") + 2:].split()[1])
+            parent[int(entry.name)] = int(stat_line[stat_line.rindex(")") + 2 :].split()[1])
     found = set(stack_mod.marked_pids(root))
     grew = True
     while grew:
@@ -203,7 +210,8 @@ def test_every_port_of_the_stack_is_on_loopback(stack, finished_job_run):
     outside = {a: who for a, who in bound.items() if a.rsplit(":", 1)[0] not in LOOPBACK}
     assert not outside, f"listening beyond loopback: {outside}"
     ports = {int(a.rsplit(":", 1)[1]) for a in bound}
-    assert {stack.ports[k] for k in ("postgres", "s3", "s3-store", "mlflow", "ray-gcs", "ray-dashboard",
-                                     "ray-head-agent")} <= ports
+    assert {
+        stack.ports[k] for k in ("postgres", "s3", "s3-store", "mlflow", "ray-gcs", "ray-dashboard", "ray-head-agent")
+    } <= ports
     assert len(bound) >= 10, bound  # the raylet's, the agents' and the workers' ports too
     print(f"\n{len(bound)} listening sockets of the stack, all on loopback")

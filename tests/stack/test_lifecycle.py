@@ -19,8 +19,11 @@ pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(1800)]
 def test_driver_terminated_leaves_the_run_ended(stack, client, experiment_id, jobs, fault_report):
     run_id = client.create_run(experiment_id, run_name="fault-driver-sigterm").info.run_id
     sub = sj.submit_train(stack, run_id, TRAIN_ARGS, EPOCHS, tag="driver-sigterm", env={"SHAPEBIAS_EPOCH_SLEEP": "8"})
-    sj.wait_until(lambda: sj.steps(client, run_id, "train_loss") or sj.status(jobs, sub) in sj.TERMINAL,
-                  sj.JOB_TIMEOUT, "the first epoch's metrics")
+    sj.wait_until(
+        lambda: sj.steps(client, run_id, "train_loss") or sj.status(jobs, sub) in sj.TERMINAL,
+        sj.JOB_TIMEOUT,
+        "the first epoch's metrics",
+    )
     sj.assert_running(jobs, sub)
     assert client.get_run(run_id).info.status == "RUNNING"
     info = sj.wait_until(lambda: (i := jobs.get_job_info(sub)).driver_info and i, 60, "the driver's pid")
@@ -33,9 +36,13 @@ def test_driver_terminated_leaves_the_run_ended(stack, client, experiment_id, jo
     status = client.get_run(run_id).info.status
     assert status in ("KILLED", "FAILED"), f"run left {status} after SIGTERM:\n{sj.tail(sj.logs(jobs, sub))}"
     sj.wait_until(lambda: not sj.train_worker_pids(stack, jobs, sub), 120, "the job's workers to exit")
-    sj.record(fault_report, fault="driver terminated (SIGTERM, as kubectl delete does)",
-              injected=f"after epoch {len(sj.steps(client, run_id, 'train_loss'))} of {EPOCHS} was logged",
-              survived=f"driver exited, job {st}, run {status}", job=sub)
+    sj.record(
+        fault_report,
+        fault="driver terminated (SIGTERM, as kubectl delete does)",
+        injected=f"after epoch {len(sj.steps(client, run_id, 'train_loss'))} of {EPOCHS} was logged",
+        survived=f"driver exited, job {st}, run {status}",
+        job=sub,
+    )
 
 
 def test_resume_with_changed_settings_is_refused(stack, client, jobs, finished_job_run, fault_report):
@@ -53,9 +60,13 @@ def test_resume_with_changed_settings_is_refused(stack, client, jobs, finished_j
     after = client.get_run(finished_job_run)
     assert after.data.params == before.data.params
     assert {k: len(client.get_metric_history(finished_job_run, k)) for k in before.data.metrics} == points
-    sj.record(fault_report, fault="resume of a FINISHED run with --lr 0.5 (logged: another lr)",
-              injected="job submitted with the run's id", survived=f"job FAILED with `{errors[0]}`; params and "
-              "metrics unchanged", job=sub)
+    sj.record(
+        fault_report,
+        fault="resume of a FINISHED run with --lr 0.5 (logged: another lr)",
+        injected="job submitted with the run's id",
+        survived=f"job FAILED with `{errors[0]}`; params and metrics unchanged",
+        job=sub,
+    )
 
 
 def test_mlflow_keeps_working_after_postgres_restarts(stack, client, experiment_id, fault_report):
@@ -79,7 +90,11 @@ def test_mlflow_keeps_working_after_postgres_restarts(stack, client, experiment_
     client.set_terminated(run_id)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.metrics == {"before": 1.0, "after": 2.0}
-    sj.record(fault_report, fault="PostgreSQL stopped and started under a running MLflow server",
-              injected=f"database down {outage:.0f} s; a run lookup failed with HTTP {failed}",
-              survived=f"same MLflow server answered {recovered:.0f} s after the database was back; "
-              "run written before and after", job="-")
+    sj.record(
+        fault_report,
+        fault="PostgreSQL stopped and started under a running MLflow server",
+        injected=f"database down {outage:.0f} s; a run lookup failed with HTTP {failed}",
+        survived=f"same MLflow server answered {recovered:.0f} s after the database was back; "
+        "run written before and after",
+        job="-",
+    )

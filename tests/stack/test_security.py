@@ -23,7 +23,9 @@ def _get(url: str, auth: tuple[str, str] | None = None, method: str = "GET", bod
         headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
     data = json.dumps(body).encode() if body is not None else None
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers, method=method), timeout=60) as r:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, data=data, headers=headers, method=method), timeout=60
+        ) as r:
             return r.status
     except urllib.error.HTTPError as err:
         return err.code
@@ -81,7 +83,9 @@ def test_job_account_cannot_change_the_admins_runs(stack):
     code = call(admin, "POST", "/experiments/create", {"name": exp})
     assert code == 200
     exp_id = _json(stack, admin, f"/experiments/get-by-name?experiment_name={exp}")["experiment"]["experiment_id"]
-    run_id = _json(stack, admin, "/runs/create", {"experiment_id": exp_id, "run_name": "admins"})["run"]["info"]["run_id"]
+    run_id = _json(stack, admin, "/runs/create", {"experiment_id": exp_id, "run_name": "admins"})["run"]["info"][
+        "run_id"
+    ]
     assert call(runner, "GET", f"/runs/get?run_id={run_id}") == 200
     refused = {
         "rename": call(runner, "POST", "/runs/update", {"run_id": run_id, "run_name": "taken-over"}),
@@ -134,8 +138,11 @@ def test_no_secret_in_any_run(stack, finished_job_run, tmp_path, monkeypatch):
     assert any(r.info.run_id == finished_job_run for r in runs)
     checked = 0
     for run in runs:
-        fields = {"run name": run.info.run_name or "", **{f"param {k}": v for k, v in run.data.params.items()},
-                  **{f"tag {k}": v for k, v in run.data.tags.items()}}
+        fields = {
+            "run name": run.info.run_name or "",
+            **{f"param {k}": v for k, v in run.data.params.items()},
+            **{f"tag {k}": v for k, v in run.data.tags.items()},
+        }
         for path, text in _artifact_texts(admin, run.info.run_id, tmp_path / run.info.run_id):
             fields[f"artifact {path}"] = text
         for where, text in fields.items():
@@ -150,7 +157,10 @@ def test_no_secret_in_any_run(stack, finished_job_run, tmp_path, monkeypatch):
 
 def test_submit_refuses_a_credential(stack):
     password = stack.client_env()["MLFLOW_TRACKING_PASSWORD"]
-    for kwargs in ({"entrypoint": f"echo {password}"}, {"entrypoint": "true", "extra_env": {"X": password}},
-                   {"entrypoint": "true", "metadata": {"note": password}}):
+    for kwargs in (
+        {"entrypoint": f"echo {password}"},
+        {"entrypoint": "true", "extra_env": {"X": password}},
+        {"entrypoint": "true", "metadata": {"note": password}},
+    ):
         with pytest.raises(Exception, match="credential"):
             stack.submit(**kwargs)
