@@ -2,7 +2,8 @@
 
 Both specs (``code``, ``paper``), the model of ``training/train_resnet.py`` (``build_model``),
 Top-K at ``layer2`` with k = 0.2: the fast path (what the job uses) and, for comparison, the same
-network with the direct formulation swapped in. One batch of random images; variants timed by ``torch.utils.benchmark`` in interleaved rounds.
+network with the direct formulation swapped in. One batch of random images; variants timed by
+``torch.utils.benchmark`` in interleaved rounds.
 On CUDA the options ``channels_last``, ``bf16`` (autocast) and ``compile`` (``torch.compile``)
 apply, alone or joined with ``+``.
 """
@@ -141,7 +142,8 @@ def run(
                     row["peak_mb"] = peak_memory_mb(steps[variant], device)
                     rows.append(row)
                     progress(
-                        f"  step {device} {opt_name} {spec:<5} {variant:<11}: {row['step_ms']:.0f} ms ({row['over_dense']:.3f}x dense)"
+                        f"  step {device} {opt_name} {spec:<5} {variant:<11}: "
+                        f"{row['step_ms']:.0f} ms ({row['over_dense']:.3f}x dense)"
                     )
                 del steps, models, x, y
                 gc.collect()

@@ -200,7 +200,7 @@ def test_table2_grid_and_bad_input(mlflow_store, tmp_path, capsys):
     args = jobs[-1].args
     assert args[:2] == ["--protocol", "table2.IN-S1-C5.topk15-noise"]
     assert args[-4:] == ["--data-dir", str(tmp_path / "IN-S1-C5"), "--seed", "0"]
-    spelled = dict(zip(args[2:-4:2], args[3:-4:2]))
+    spelled = dict(zip(args[2:-4:2], args[3:-4:2], strict=True))
     assert spelled == {
         "--dataset": "IN-S1-C5",
         "--sparsity": "topk",

@@ -69,7 +69,7 @@ def read_runs(client, names: list[str]) -> tuple[list[Run], list[str]]:
             f"existing experiments: {', '.join(known) or '(none)'}"
         )
     runs = load_runs(client, experiments)
-    for exp_id, name in experiments.items():
+    for name in experiments.values():
         if not any(r.experiment == name for r in runs):
             warnings.append(f"experiment {name!r} has no runs")
     if not runs:

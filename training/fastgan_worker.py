@@ -45,7 +45,7 @@ def train_step(G, D, opt_g, opt_d, real: torch.Tensor, recon) -> dict[str, float
     opt_d.zero_grad(set_to_none=True)
     part = fg.random_part()
     logits_real, recs = D(real_big, real_small, part=part)
-    loss_recon = sum(recon(r, t) for r, t in zip(recs, D.reconstruction_targets(real_big, part)))
+    loss_recon = sum(recon(r, t) for r, t in zip(recs, D.reconstruction_targets(real_big, part), strict=True))
     loss_real = fg.d_hinge_real(logits_real)
     (loss_real + loss_recon).backward()
     loss_fake = fg.d_hinge_fake(D(fake_big.detach(), fake_small.detach()))

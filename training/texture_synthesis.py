@@ -175,7 +175,7 @@ def figure_grid(path: Path, original: np.ndarray, results: dict, scores: dict, t
     fig, axes = plt.subplots(1, 1 + len(results), figsize=(3 * (1 + len(results)), 3.9))
     axes[0].imshow(original, interpolation="nearest")
     axes[0].set_title("original", fontsize=9)
-    for ax, (mask, res) in zip(axes[1:], results.items()):
+    for ax, (mask, res) in zip(axes[1:], results.items(), strict=True):
         ax.imshow(res.image, interpolation="nearest")
         s = scores[mask]
         ax.set_title(f"{MASK_TITLES[mask]}\nSSIM {s['ssim']:.3f}  edge r {s['edge_corr']:.3f}", fontsize=9)
@@ -268,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                 target,
                 results,
                 scores,
-                f"{img_name}: {cfg['method']}, Top-K k={v['k']}, L-BFGS {v['steps']}x{v['iterations_per_step']}, {label}",
+                f"{img_name}: {cfg['method']}, Top-K k={v['k']}, "
+                f"L-BFGS {v['steps']}x{v['iterations_per_step']}, {label}",
             )
             for which, s in scores.items():
                 rows.append(

@@ -117,7 +117,8 @@ class Config:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not accepted; expected a positive integer")
         if self.fid_every < -1:
             raise ConfigError(
-                f"fid_every={self.fid_every!r} is not accepted; expected -1 (the protocol's), 0 (off) or a positive integer"
+                f"fid_every={self.fid_every!r} is not accepted; "
+                "expected -1 (the protocol's), 0 (off) or a positive integer"
             )
         for name in ("fid_samples", "rollback_patience"):
             if getattr(self, name) < 0:
@@ -240,7 +241,8 @@ def run(cfg: Config, run_id: str | None = None) -> str:
         if fid_key != "fid":
             tags["mlflow.runName"] = cfg.run_name() + "-unverified-fid"
             print(
-                "warning: the Inception weights are not the official file (or fid_dims != 2048); the score is logged as fid_unverified",
+                "warning: the Inception weights are not the official file (or fid_dims != 2048); "
+                "the score is logged as fid_unverified",
                 file=sys.stderr,
             )
         mlflow.set_tags(tags)

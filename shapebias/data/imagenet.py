@@ -77,7 +77,8 @@ def subset_wnids(name: str, class_list: str | Path | None = None) -> tuple[str, 
         return SUBSETS[name]
     if is_subset_name(name):
         raise ConfigError(
-            f"dataset={name!r} needs a class list (--class-list FILE, one WNID per line); built in: {', '.join(SUBSETS)}"
+            f"dataset={name!r} needs a class list (--class-list FILE, one WNID per line); "
+            f"built in: {', '.join(SUBSETS)}"
         )
     raise ConfigError(
         f"dataset={name!r} is not accepted; choose synthetic, {', '.join(SUBSETS)} or IN-S<n> with a class list"
@@ -124,7 +125,8 @@ class ImageSubset(Dataset):
             folder = self.root / wnid
             if not folder.is_dir():
                 raise DataError(
-                    f"{what} {str(self.root)!r} has no class folder {wnid}/; expected one sub-folder per WNID of the subset"
+                    f"{what} {str(self.root)!r} has no class folder {wnid}/; "
+                    "expected one sub-folder per WNID of the subset"
                 )
             files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS and p.is_file())
             if not files:

@@ -279,7 +279,7 @@ def group_cells(runs: Sequence[Run], spec: TableSpec) -> Grouping:
     row_keys = list(spec.row_params) + varying
     buckets: dict[tuple, dict[str, Run]] = defaultdict(dict)
     superseded: list[LeftOut] = []
-    for run, p in sorted(zip(runs, params), key=lambda rp: rp[0].start_time):
+    for run, p in sorted(zip(runs, params, strict=True), key=lambda rp: rp[0].start_time):
         key = (tuple((k, p.get(k, "")) for k in row_keys), p.get(spec.column_param, ""))
         seed = p.get("seed", "") if spec.task != "shape_bias" else ""
         if seed in buckets[key]:

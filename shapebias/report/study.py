@@ -212,7 +212,7 @@ def _shape_bias_vs_k(plt, cells: Sequence[Cell]):
         chosen = [c for c in cells if dict(c.row)["sparsity"] == sparsity]
         if chosen:
             x = [float(c.column) * 100 for c in chosen]
-            m, lo, hi = zip(*(_errors(c, "shape_bias") for c in chosen))
+            m, lo, hi = zip(*(_errors(c, "shape_bias") for c in chosen), strict=True)
             ax.errorbar(x, m, yerr=[lo, hi], marker="o", capsize=3, color=colour, label=LABEL[sparsity])
     for c in (c for c in cells if dict(c.row)["sparsity"] == "none"):
         m, lo, hi = _errors(c, "shape_bias")
@@ -228,7 +228,7 @@ def _shape_bias_vs_k(plt, cells: Sequence[Cell]):
 
 def _accuracy_vs_shape_bias(plt, cells: Sequence[Cell]):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-    for ax, metric, title in zip(axes, ("test_acc", "stylized_acc"), ("clean", "stylized")):
+    for ax, metric, title in zip(axes, ("test_acc", "stylized_acc"), ("clean", "stylized"), strict=True):
         for c in cells:
             x, xlo, xhi = _errors(c, "shape_bias")
             y, ylo, yhi = _errors(c, metric)
