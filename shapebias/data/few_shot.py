@@ -104,10 +104,10 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     as a float tensor in [-1, 1] (3, size, size)."""
     try:
         with open_image(path) as img:
-            img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+            rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"image {path} cannot be read ({exc})") from None
-    data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, 3)
+    data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3)
     return data.permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 

@@ -146,7 +146,7 @@ class ImageSubset(Dataset):
                 f"unreadable image {str(path)!r} ({type(exc).__name__}); replace or remove the file"
             ) from None
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | Image.Image, int]:  # a PIL image without a transform
         img = self.load(i)
         return (self.transform(img) if self.transform else img), self.samples[i][1]
 

@@ -52,7 +52,11 @@ DEVIATIONS = (
 
 
 def name_of(sparsity: str, level: float | None = None) -> str:
-    return f"{PREFIX}{sparsity}" + ("" if sparsity == "none" else f".{level * 100:g}")
+    if sparsity == "none":
+        return f"{PREFIX}{sparsity}"
+    if level is None:
+        raise ValueError(f"a {sparsity} protocol needs a Top-K level")
+    return f"{PREFIX}{sparsity}.{level * 100:g}"
 
 
 def protocol(sparsity: str, level: float | None = None) -> Protocol:

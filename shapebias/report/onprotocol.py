@@ -36,7 +36,8 @@ def split(table: str, runs: Sequence[Run]) -> tuple[list[Run], list[Run]]:
     """(on-protocol runs, the others) of a table; a table without protocols keeps all its runs."""
     if table not in PROTOCOL_TABLES:
         return list(runs), []
-    on, off = [], []
+    on: list[Run] = []
+    off: list[Run] = []
     for run in runs:
         check = protocols.check_run(run.task, run.tags, run.params)
         fits = check.on_protocol and check.protocol is not None and check.protocol.table == table

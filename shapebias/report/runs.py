@@ -211,8 +211,9 @@ def select_runs(runs: Iterable[Run]) -> tuple[dict[str, list[Run]], list[LeftOut
         spec = spec_of(run)
         if spec is None:
             why = "no shapebias.task tag" if not run.task else f"task {run.task!r} feeds no table"
-        else:
-            why = _why_unusable(run, spec, parents)
+            left_out.append(LeftOut(run.run_id, run.experiment, run.task or "-", run.status, why))
+            continue
+        why = _why_unusable(run, spec, parents)
         if why:
             left_out.append(LeftOut(run.run_id, run.experiment, run.task or "-", run.status, why))
         else:

@@ -215,9 +215,9 @@ def _shape_bias_vs_k(plt, cells: Sequence[Cell]):
             m, lo, hi = zip(*(_errors(c, "shape_bias") for c in chosen), strict=True)
             ax.errorbar(x, m, yerr=[lo, hi], marker="o", capsize=3, color=colour, label=LABEL[sparsity])
     for c in (c for c in cells if dict(c.row)["sparsity"] == "none"):
-        m, lo, hi = _errors(c, "shape_bias")
-        ax.axhline(m, color="k", lw=1, label=f"dense (n={c.n})")
-        ax.axhspan(m - lo, m + hi, color="k", alpha=0.1)
+        mean, below, above = _errors(c, "shape_bias")
+        ax.axhline(mean, color="k", lw=1, label=f"dense (n={c.n})")
+        ax.axhspan(mean - below, mean + above, color="k", alpha=0.1)
     ax.set_xscale("log")
     ax.set_xlabel("Top-K: positions kept per channel (%)")
     ax.set_ylabel("shape bias (%)")
