@@ -25,8 +25,8 @@ import io
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from shapebias.metrics import shape_bias as sb
 
@@ -47,8 +47,12 @@ class DecisionMaker:
 
     @classmethod
     def from_cues(cls, label: str, predicted, shape, texture, **style) -> DecisionMaker:
-        return cls(label, sb.shape_bias_score(predicted, shape, texture),
-                   sb.shape_bias_by_category(predicted, shape, texture), **style)
+        return cls(
+            label,
+            sb.shape_bias_score(predicted, shape, texture),
+            sb.shape_bias_by_category(predicted, shape, texture),
+            **style,
+        )
 
 
 def _pyplot():
@@ -85,9 +89,18 @@ def plot_category_shape_bias(entries: Sequence[DecisionMaker], path: str | Path,
         if not math.isnan(e.shape_bias):
             ax.axvline(e.shape_bias, color=e.color, linewidth=1.2, alpha=0.8)
         xs = [e.by_category.get(c, math.nan) for c in categories]
-        ax.scatter(xs, range(n), color=e.color, marker=e.marker, s=55, zorder=3, clip_on=False,
-                   edgecolors=(0.3, 0.3, 0.3, 0.3), linewidths=0.3,
-                   label=f"{e.label} ({e.shape_bias:.2f})")
+        ax.scatter(
+            xs,
+            range(n),
+            color=e.color,
+            marker=e.marker,
+            s=55,
+            zorder=3,
+            clip_on=False,
+            edgecolors=(0.3, 0.3, 0.3, 0.3),
+            linewidths=0.3,
+            label=f"{e.label} ({e.shape_bias:.2f})",
+        )
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -123,8 +136,14 @@ def plot_sparsity_curve(
         if not pts:
             continue
         style = "--" if "published" in label else "-"
-        ax.plot([100 * k for k, _ in pts], [v for _, v in pts], style, marker="o",
-                color=PALETTE[i % len(PALETTE)], label=label)
+        ax.plot(
+            [100 * k for k, _ in pts],
+            [v for _, v in pts],
+            style,
+            marker="o",
+            color=PALETTE[i % len(PALETTE)],
+            label=label,
+        )
     for j, (label, value) in enumerate((references or {}).items()):
         if math.isnan(value):
             continue
@@ -169,7 +188,7 @@ class Reference:
 
     humans: DecisionMaker | None
     curves: dict[tuple[str, str], list[tuple[float, float]]]  # (model, mode) -> [(k, shape bias)]
-    makers: dict[tuple[str, str, float], DecisionMaker]       # (model, mode, k) -> entry
+    makers: dict[tuple[str, str, float], DecisionMaker]  # (model, mode, k) -> entry
 
 
 def reference_decision_makers(folder: str | Path | None) -> Reference | None:
@@ -178,8 +197,11 @@ def reference_decision_makers(folder: str | Path | None) -> Reference | None:
         return None
     frames = sb.read_results_dir(folder)
     human_frames = [df for subj, df in frames.items() if sb.is_human(subj)]
-    humans = (DecisionMaker.from_cues("humans", *sb.pooled(human_frames), color=HUMAN_COLOR, marker="D")
-              if human_frames else None)
+    humans = (
+        DecisionMaker.from_cues("humans", *sb.pooled(human_frames), color=HUMAN_COLOR, marker="D")
+        if human_frames
+        else None
+    )
     curves: dict[tuple[str, str], list[tuple[float, float]]] = {}
     makers: dict[tuple[str, str, float], DecisionMaker] = {}
     for subj, df in frames.items():
@@ -214,11 +236,15 @@ def figure_curves(
 
 # ------------------------------------------------------------------------ the compare report
 
+
 def report_figures(data: Mapping[str, Any]) -> dict[str, bytes]:
     """PNG bytes by file name for the tables present in ``data`` (``TableResult.plot_data`` by table)."""
     plt = _pyplot()
-    figures = {"table1": ("table1.png", _table1_figure), "table2": ("table2.png", _table2_figure),
-               "shape_bias": ("shape_bias.png", _shape_bias_figure)}
+    figures = {
+        "table1": ("table1.png", _table1_figure),
+        "table2": ("table2.png", _table2_figure),
+        "shape_bias": ("shape_bias.png", _shape_bias_figure),
+    }
     out: dict[str, bytes] = {}
     for table, (name, draw) in figures.items():
         if table not in data:
@@ -243,9 +269,14 @@ def _table1_figure(plt, d: Mapping[str, Any]):
     for ax, metric, title in zip(axes, ("test_acc", "stylized_acc"), ("clean", "stylized")):
         for i, r in enumerate(rows):
             bars = [(j + i * width, cells[(r, c)]) for j, c in enumerate(d["cols"]) if (r, c) in cells]
-            ax.bar([x for x, _ in bars], [cell.mean(metric) * 100 for _, cell in bars], width,
-                   yerr=[0 if cell.n < 2 else cell.std(metric) * 100 for _, cell in bars],
-                   label=d["labels"][r], capsize=2)
+            ax.bar(
+                [x for x, _ in bars],
+                [cell.mean(metric) * 100 for _, cell in bars],
+                width,
+                yerr=[0 if cell.n < 2 else cell.std(metric) * 100 for _, cell in bars],
+                label=d["labels"][r],
+                capsize=2,
+            )
             row = dict(r)
             for j, c in enumerate(d["cols"]):
                 published = d["pub"].get((row["model_spec"], row["sparsity"], row["stem_stride"], c))
@@ -285,8 +316,12 @@ def _shape_bias_figure(plt, d: Mapping[str, Any]):
             for kind, style in (("real", "-s"), ("random", ":x")):
                 points = sorted((float(k), v) for m, s, k, v in d[kind] if m == model and s == sparsity)
                 if points:
-                    ax.plot(*zip(*points), style, color=colour,
-                            label=f"{sparsity}, reproduced" + (" (RANDOM WEIGHTS)" if kind == "random" else ""))
+                    ax.plot(
+                        *zip(*points),
+                        style,
+                        color=colour,
+                        label=f"{sparsity}, reproduced" + (" (RANDOM WEIGHTS)" if kind == "random" else ""),
+                    )
         ax.set_xlabel("Top-K fraction kept")
         ax.set_ylabel("shape bias")
         ax.set_ylim(0, 1)
@@ -344,8 +379,15 @@ def confusion_figure(true: Sequence[int], predicted: Sequence[int], class_names:
     ax.set_ylabel("true class")
     for i, j in np.ndindex(n, n):
         if counts[i, j]:
-            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6,
-                    color="white" if counts[i, j] > counts.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(counts[i, j]),
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if counts[i, j] > counts.max() / 2 else "black",
+            )
     ax.set_title(title or "confusion matrix", fontsize=9)
     fig.tight_layout()
     return fig

@@ -101,7 +101,10 @@ def git_commit() -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout.strip()
         return out + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -215,11 +218,7 @@ class MetricLogger:
         import time
 
         now = int(time.time() * 1000)
-        batch = [
-            Metric(key, float(value), now, step)
-            for key, value in metrics.items()
-            if step not in self._steps(key)
-        ]
+        batch = [Metric(key, float(value), now, step) for key, value in metrics.items() if step not in self._steps(key)]
         if batch:
             self.client.log_batch(self.ref.run_id, metrics=batch)
             for m in batch:

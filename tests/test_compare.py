@@ -30,16 +30,28 @@ def seed_table1_runs(seeds=(0, 1, 2), on_protocol: bool = True) -> list[Run]:
         if not on_protocol:
             settings.update(epochs="30", lr="0.05")
         for seed, k in zip(seeds, offsets):
-            runs.append(Run(
-                f"{p.model_spec}-{p.sparsity}-{p.dataset}-{seed}", {**settings, "seed": str(seed)},
-                {"test_acc": (p.test_acc_mean + k * p.test_acc_std) / 100,
-                 "stylized_acc": (p.stylized_acc_mean + k * p.stylized_acc_std) / 100},
-                {"shapebias.task": "train_resnet", "shapebias.protocol": name}))
+            runs.append(
+                Run(
+                    f"{p.model_spec}-{p.sparsity}-{p.dataset}-{seed}",
+                    {**settings, "seed": str(seed)},
+                    {
+                        "test_acc": (p.test_acc_mean + k * p.test_acc_std) / 100,
+                        "stylized_acc": (p.stylized_acc_mean + k * p.stylized_acc_std) / 100,
+                    },
+                    {"shapebias.task": "train_resnet", "shapebias.protocol": name},
+                )
+            )
     return runs
 
 
-TABLE2_VARIANT = {"Baseline": "baseline", "Top K": "topk", "Top K + Noise": "topk-noise", "Top K=5": "topk5",
-                  "Top K=15": "topk15", "Top K=15 + Noise": "topk15-noise"}
+TABLE2_VARIANT = {
+    "Baseline": "baseline",
+    "Top K": "topk",
+    "Top K + Noise": "topk-noise",
+    "Top K=5": "topk5",
+    "Top K=15": "topk15",
+    "Top K=15 + Noise": "topk15-noise",
+}
 
 
 def seed_table2_runs(name: str = "seed_table2a", on_protocol: bool = True) -> list[Run]:
@@ -50,15 +62,23 @@ def seed_table2_runs(name: str = "seed_table2a", on_protocol: bool = True) -> li
         settings = {**protocols.get(protocol).values(), "protocol": protocol, "seed": "0"}
         if not on_protocol:
             settings["iterations"] = "50000"
-        runs.append(Run(f"gan-{i}", settings, {"fid": p.fid},
-                        {"shapebias.task": "train_fastgan", "shapebias.protocol": protocol}))
+        runs.append(
+            Run(
+                f"gan-{i}",
+                settings,
+                {"fid": p.fid},
+                {"shapebias.task": "train_fastgan", "shapebias.protocol": protocol},
+            )
+        )
     return runs
 
 
 def published_table1_cells() -> dict[tuple[str, str], str]:
-    return {(p.setting, p.dataset): f"{p.test_acc_mean:.1f} ± {p.test_acc_std:.1f} "
-            f"({p.stylized_acc_mean:.1f} ± {p.stylized_acc_std:.1f})"
-            for p in reference.load("seed_table1").itertuples()}
+    return {
+        (p.setting, p.dataset): f"{p.test_acc_mean:.1f} ± {p.test_acc_std:.1f} "
+        f"({p.stylized_acc_mean:.1f} ± {p.stylized_acc_std:.1f})"
+        for p in reference.load("seed_table1").itertuples()
+    }
 
 
 def test_table1_matches_the_seed_cell_for_cell():
@@ -92,16 +112,20 @@ def test_table1_rows_split_by_stem_stride_and_other_varying_params():
     labels = list(next(s.table for s in report.sections if s.key == "table1_other_settings")["Model"])
     assert "CS ResNet-18 (stride 1)" in labels and "CS ResNet-18 (stride 2)" in labels
     other = [Run(r.run_id + "-e", {**r.params, "epochs": "5"}, r.metrics, r.tags) for r in runs[:3]]
-    labels = list(next(s.table for s in build_report(runs + other, plots=False).sections
-                       if s.key == "table1_other_settings")["Model"])
+    labels = list(
+        next(s.table for s in build_report(runs + other, plots=False).sections if s.key == "table1_other_settings")[
+            "Model"
+        ]
+    )
     assert "CS ResNet-18 [epochs=5]" in labels and "CS ResNet-18 [epochs=30]" in labels
 
 
 def test_only_on_protocol_runs_sit_beside_published_values():
     """One cell's runs on its protocol, and the same cell's runs at 1 epoch / without a claim."""
     on = [r for r in seed_table1_runs() if r.run_id.startswith(("code-none-IN-S1-", "code-topk-IN-S1-"))]
-    short = [Run(r.run_id + "-1ep", {**r.params, "epochs": "1"}, {"test_acc": 0.3, "stylized_acc": 0.2}, r.tags)
-             for r in on]
+    short = [
+        Run(r.run_id + "-1ep", {**r.params, "epochs": "1"}, {"test_acc": 0.3, "stylized_acc": 0.2}, r.tags) for r in on
+    ]
     laptop = [Run("laptop", {**on[0].params, "protocol": ""}, on[0].metrics, {"shapebias.task": "train_resnet"})]
     report = build_report(on + short + laptop, plots=False)
     vs = next(s.table for s in report.sections if s.key == "table1_vs_published")
@@ -124,11 +148,14 @@ def test_table2a_and_2b_match_the_seed():
     assert list(a["Model (FastGAN)"]) == ["Baseline", "Top K=5", "Top K=5 + Noise", "Top K=15", "Top K=15 + Noise"]
     assert list(a.columns[1:]) == ["jeep", "fish", "train", "table"]
     pub = reference.load("seed_table2a")
-    got = {(row["Model (FastGAN)"], ds): row[ds] for _, row in a.iterrows() for ds in a.columns[1:]
-           if row[ds] != "–"}  # formatting.MISSING: no run in that cell
+    got = {
+        (row["Model (FastGAN)"], ds): row[ds] for _, row in a.iterrows() for ds in a.columns[1:] if row[ds] != "–"
+    }  # formatting.MISSING: no run in that cell
     k = {"table": "=15"}
-    published = {(p.setting.replace("Top K", "Top K" + k.get(p.dataset, "=5")), p.dataset): f"{p.fid:.2f}"
-                 for p in pub.itertuples()}
+    published = {
+        (p.setting.replace("Top K", "Top K" + k.get(p.dataset, "=5")), p.dataset): f"{p.fid:.2f}"
+        for p in pub.itertuples()
+    }
     assert got == published
     b = next(s.table for s in report.sections if s.key == "table2b")
     assert list(b["Model (FastGAN)"]) == ["Baseline", "Top K=5", "Top K=15", "Top K=15 + Noise"]
@@ -154,7 +181,7 @@ def test_welch_is_the_textbook_test_and_verdicts():
     a, b = rng.normal(0.7, 0.02, 3), rng.normal(0.65, 0.03, 4)
     va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 4
     t = (a.mean() - b.mean()) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3)  # Welch-Satterthwaite
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 3)  # Welch-Satterthwaite
     r = stats.welch_test(a, b, "greater")
     assert r.test == stats.WELCH and r.p == pytest.approx(stdtr(df, -t)) and r.p_opposite == pytest.approx(stdtr(df, t))
     assert stats.welch_test(a, b, "less").p == pytest.approx(stdtr(df, t))
@@ -165,7 +192,7 @@ def test_welch_is_the_textbook_test_and_verdicts():
     rho, p = stats.spearman_test(x, y, "less")
     y_ranks = [3.5, 6, 5, 3.5, 2, 1]  # the two 0.63 share ranks 3 and 4
     assert rho == pytest.approx(np.corrcoef([1, 2, 3, 4, 5, 6], y_ranks)[0, 1])  # Pearson's r of the ranks
-    assert p == pytest.approx(stdtr(4, rho * math.sqrt(4 / (1 - rho ** 2))))  # t approximation, n - 2 df
+    assert p == pytest.approx(stdtr(4, rho * math.sqrt(4 / (1 - rho**2))))  # t approximation, n - 2 df
     r, verdict = single_verdict([0.8], [0.6, 0.61])
     assert r.test == "none" and math.isnan(r.p) and verdict == f"{stats.ONE_SEED} (direction as claimed)"
 
@@ -200,12 +227,18 @@ def test_bad_runs_are_listed_not_dropped():
     good = seed_table1_runs()[:3]
     runs = good + [
         Run("no-metric", dict(good[0].params), {"test_acc": 0.5}, {"shapebias.task": "train_resnet"}),
-        Run("no-param", {k: v for k, v in good[0].params.items() if k != "model_spec"}, good[0].metrics,
-            {"shapebias.task": "train_resnet"}),
+        Run(
+            "no-param",
+            {k: v for k, v in good[0].params.items() if k != "model_spec"},
+            good[0].metrics,
+            {"shapebias.task": "train_resnet"},
+        ),
         Run("failed", dict(good[0].params), good[0].metrics, {"shapebias.task": "train_resnet"}, status="FAILED"),
         Run("untagged", {}, {}, {}),
         Run("synth", {"image": "x"}, {"ssim_topk": 0.5}, {"shapebias.task": "texture_synthesis"}),
-        Run("sweep", {"model": "alexnet", "sparsity": "topk", "topk": "0.05,0.1"}, {}, {"shapebias.task": "shape_bias"}),
+        Run(
+            "sweep", {"model": "alexnet", "sparsity": "topk", "topk": "0.05,0.1"}, {}, {"shapebias.task": "shape_bias"}
+        ),
         Run("dup", dict(good[0].params), good[0].metrics, {"shapebias.task": "train_resnet"}, start_time=-1),
     ]
     report = build_report(runs, plots=False)
@@ -224,19 +257,39 @@ def test_bad_runs_are_listed_not_dropped():
 def test_shape_bias_table_keeps_random_weights_apart():
     pub = reference.load("li2023_shape_bias")
     pub = pub[(pub.reproduces == "true") & (pub.model == "alexnet")]
+
     def claim(p) -> str:
         return f"fig1.{p.model}.{p.sparsity}" + ("" if p.sparsity == "none" else f".{float(p.topk) * 100:g}")
 
-    runs = [Run(f"sb-{i}", {"model": p.model, "sparsity": p.sparsity, "topk": p.topk, "weights": "pretrained",
-                            "limit": "0"},
-                {"shape_bias": float(p.shape_bias)}, {"shapebias.task": "shape_bias", "shapebias.protocol": claim(p)})
-            for i, p in enumerate(pub.itertuples())]
-    runs.append(Run("rnd", {"model": "alexnet", "sparsity": "topk", "topk": "0.1", "weights": "random", "limit": "0"},
-                    {"shape_bias": 0.5}, {"shapebias.task": "shape_bias", "shapebias.weights": "random",
-                                          "shapebias.protocol": "fig1.alexnet.topk.10"}))
-    runs.append(Run("lim", {"model": "alexnet", "sparsity": "topk", "topk": "0.1", "weights": "pretrained",
-                            "limit": "16"}, {"shape_bias": 0.9},
-                    {"shapebias.task": "shape_bias", "shapebias.protocol": "fig1.alexnet.topk.10"}))
+    runs = [
+        Run(
+            f"sb-{i}",
+            {"model": p.model, "sparsity": p.sparsity, "topk": p.topk, "weights": "pretrained", "limit": "0"},
+            {"shape_bias": float(p.shape_bias)},
+            {"shapebias.task": "shape_bias", "shapebias.protocol": claim(p)},
+        )
+        for i, p in enumerate(pub.itertuples())
+    ]
+    runs.append(
+        Run(
+            "rnd",
+            {"model": "alexnet", "sparsity": "topk", "topk": "0.1", "weights": "random", "limit": "0"},
+            {"shape_bias": 0.5},
+            {
+                "shapebias.task": "shape_bias",
+                "shapebias.weights": "random",
+                "shapebias.protocol": "fig1.alexnet.topk.10",
+            },
+        )
+    )
+    runs.append(
+        Run(
+            "lim",
+            {"model": "alexnet", "sparsity": "topk", "topk": "0.1", "weights": "pretrained", "limit": "16"},
+            {"shape_bias": 0.9},
+            {"shapebias.task": "shape_bias", "shapebias.protocol": "fig1.alexnet.topk.10"},
+        )
+    )
     report = build_report(runs, plots=True)
     assert {"shape_bias", "shape_bias_vs_published", "shape_bias_random_weights"} <= set(report.built)
     vs = next(s.table for s in report.sections if s.key == "shape_bias_vs_published")
@@ -266,6 +319,7 @@ def test_outputs_markdown_csv_and_self_contained_html(tmp_path):
 
 # --- through MLflow -----------------------------------------------------------------------------
 
+
 def log_runs(uri: str, experiment: str, runs: list[Run]) -> str:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
@@ -275,8 +329,11 @@ def log_runs(uri: str, experiment: str, runs: list[Run]) -> str:
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     for r in runs:
         run = client.create_run(exp_id, tags=r.tags, run_name=r.run_id)
-        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in r.params.items()],
-                         metrics=[Metric(k, v, 0, 0) for k, v in r.metrics.items()])
+        client.log_batch(
+            run.info.run_id,
+            params=[Param(k, v) for k, v in r.params.items()],
+            metrics=[Metric(k, v, 0, 0) for k, v in r.metrics.items()],
+        )
         client.set_terminated(run.info.run_id, r.status)
     return exp_id
 
@@ -288,7 +345,8 @@ def test_sql_read_returns_what_the_search_api_returns(mlflow_store):
 
     runs = seed_table1_runs()[:4] + [
         Run("nan", {"model_spec": "code"}, {"test_acc": float("nan")}, {"shapebias.task": "train_resnet"}),
-        Run("failed", {"x": "1"}, {}, {"shapebias.task": "train_resnet"}, status="FAILED")]
+        Run("failed", {"x": "1"}, {}, {"shapebias.task": "train_resnet"}, status="FAILED"),
+    ]
     exp_id = log_runs(mlflow_store, "e1", runs)
     client = MlflowClient(mlflow_store)
     gone = client.create_run(exp_id)
@@ -298,9 +356,18 @@ def test_sql_read_returns_what_the_search_api_returns(mlflow_store):
     assert fast is not None and len(fast) == len(slow) == 6
 
     def key(rs):
-        return sorted((r.run_id, r.status, r.experiment, r.start_time, sorted(r.params.items()),
-                       sorted((k, "nan" if math.isnan(v) else v) for k, v in r.metrics.items()),
-                       sorted(r.tags.items())) for r in rs)
+        return sorted(
+            (
+                r.run_id,
+                r.status,
+                r.experiment,
+                r.start_time,
+                sorted(r.params.items()),
+                sorted((k, "nan" if math.isnan(v) else v) for k, v in r.metrics.items()),
+                sorted(r.tags.items()),
+            )
+            for r in rs
+        )
 
     assert key(fast) == key(slow)
     assert key(compare.search_runs(client, {exp_id: "e1"}, page_size=4)) == key(slow)  # two pages
@@ -318,7 +385,10 @@ def test_compare_main_bad_experiments(mlflow_store, capsys):
     assert compare.main(["--experiment", "empty"]) == 2
     assert "have no runs" in capsys.readouterr().err
     client = MlflowClient(mlflow_store)
-    failed = client.search_runs([client.get_experiment_by_name("shapebias-compare").experiment_id], filter_string="tags.`shapebias.task` = 'compare'")
+    failed = client.search_runs(
+        [client.get_experiment_by_name("shapebias-compare").experiment_id],
+        filter_string="tags.`shapebias.task` = 'compare'",
+    )
     assert failed and all(r.info.status == "FAILED" for r in failed)
     # one missing name among good ones: a warning, and the tables of the rest
     log_runs(mlflow_store, "gan", seed_table2_runs())
@@ -330,22 +400,43 @@ def test_compare_main_bad_experiments(mlflow_store, capsys):
 def test_mlflow_run_compare_prints_the_seed_tables(mlflow_store, tmp_path):
     """Done-when: `mlflow run . -e compare -P experiment=NAME --env-manager local` prints every seed cell."""
     log_runs(mlflow_store, "seed", seed_table1_runs() + seed_table2_runs())
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": mlflow_store,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
     env.pop("MLFLOW_RUN_ID", None)
-    proc = subprocess.run([str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "-e", "compare",
-                           "-P", "experiment=seed", "--env-manager", "local", "--experiment-name", "reports"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "run",
+            str(REPO),
+            "-e",
+            "compare",
+            "-P",
+            "experiment=seed",
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            "reports",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # MLflow quotes parameters itself: an empty output_dir must not become a folder named '' in the project
     assert not (REPO / "''").exists()
     lines = proc.stdout.splitlines()
     for (setting, dataset), cell in published_table1_cells().items():
         assert any(line.startswith(setting + "  ") and f"  {cell}" in line for line in lines), (setting, cell)
-    table1 = lines[lines.index("Table 1: ResNet-18 top-1 accuracy (%), stylized in parentheses") + 4:][:6]
+    table1 = lines[lines.index("Table 1: ResNet-18 top-1 accuracy (%), stylized in parentheses") + 4 :][:6]
     assert [ln.split("  ")[0] for ln in table1] == list(dict.fromkeys(reference.load("seed_table1").setting))
     for p in reference.load("seed_table2a").itertuples():
         assert f"{p.fid:.2f}" in proc.stdout
-    a_rows = lines[lines.index("Table 2a: FastGAN FID on the seed's few-shot sets") + 4:][:3]
+    a_rows = lines[lines.index("Table 2a: FastGAN FID on the seed's few-shot sets") + 4 :][:3]
     assert a_rows[0].split() == ["Baseline", "50.65", "46.76", "44.34", "70.04"]
     from mlflow.tracking import MlflowClient
 

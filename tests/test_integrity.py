@@ -14,15 +14,27 @@ import time
 from pathlib import Path
 
 import pytest
-
-from shapebias import integrity, tracking
-from shapebias.errors import ConfigError
 from test_compare import log_runs, seed_table1_runs  # tests/ is on sys.path (no __init__.py)
 from test_reproduce import resnet_run
 
+from shapebias import integrity, tracking
+from shapebias.errors import ConfigError
+
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["--epochs", "2", "--synthetic-classes", "2", "--synthetic-train-per-class", "4",
-        "--synthetic-test-per-class", "2", "--image-size", "16", "--batch-size", "8"]
+TINY = [
+    "--epochs",
+    "2",
+    "--synthetic-classes",
+    "2",
+    "--synthetic-train-per-class",
+    "4",
+    "--synthetic-test-per-class",
+    "2",
+    "--image-size",
+    "16",
+    "--batch-size",
+    "8",
+]
 
 
 def _resnet_run(uri: str, status: str, tags: dict | None = None) -> str:
@@ -54,9 +66,11 @@ def test_refused_resumes_change_nothing(mlflow_store, capsys):
     from training import train_resnet
 
     other = ["--sparsity", "none", "--lr", "0.5", "--epochs", "5"]
-    for status, extra, message in (("KILLED", other, "was started with other settings"),
-                                   ("FINISHED", other, "was started with other settings"),
-                                   ("FINISHED", [], "already finished")):
+    for status, extra, message in (
+        ("KILLED", other, "was started with other settings"),
+        ("FINISHED", other, "was started with other settings"),
+        ("FINISHED", [], "already finished"),
+    ):
         run_id = _resnet_run(mlflow_store, status)
         before = _snapshot(mlflow_store, run_id)
         assert train_resnet.main([*TINY, "--run-id", run_id, *extra]) == 2
@@ -112,8 +126,14 @@ def test_sigterm_ends_the_run_killed(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "SHAPEBIAS_EPOCH_SLEEP": "300", "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_RUN_ID", None)
-    proc = subprocess.Popen([sys.executable, "-m", "training.train_resnet", *TINY, "--storage-path", str(tmp_path / "ray")],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training.train_resnet", *TINY, "--storage-path", str(tmp_path / "ray")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     client, run = None, None
     try:
         deadline = time.time() + 400
@@ -134,7 +154,7 @@ def test_sigterm_ends_the_run_killed(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, err[err.find("Traceback"):][:4000] or err[-2000:]
+    assert proc.returncode == 128 + signal.SIGTERM, err[err.find("Traceback") :][:4000] or err[-2000:]
     driver = [line for line in err.splitlines() if " pid=" not in line]  # not Ray's actor/worker logs
     assert not any("Traceback" in line for line in driver), "\n".join(driver)[-3000:]
     ended = client.get_run(run.info.run_id)
@@ -143,17 +163,20 @@ def test_sigterm_ends_the_run_killed(tmp_path):
     assert not integrity.is_live(ended.info.status, ended.data.tags)
 
 
-
 def test_three_processes_open_a_fresh_sqlite_store_at_once(tmp_path):
     """Without the lock, MLflow's schema migration of a fresh store fails in some of them."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = ("import mlflow\nfrom shapebias.integrity import open_store\n"
-            "open_store(mlflow.get_tracking_uri())\n"
-            "with mlflow.start_run():\n    mlflow.log_param('p', 1)\n")
+    code = (
+        "import mlflow\nfrom shapebias.integrity import open_store\n"
+        "open_store(mlflow.get_tracking_uri())\n"
+        "with mlflow.start_run():\n    mlflow.log_param('p', 1)\n"
+    )
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_RUN_ID", None)
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     errors = [p.communicate(timeout=180)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(errors)[-3000:]
     from mlflow.tracking import MlflowClient
@@ -192,7 +215,13 @@ def test_cluster_too_small_for_the_workers():
 
 
 def test_store_checks_create_nothing(tmp_path):
-    for uri in ("htp://x", "sqlite://relative.db", f"sqlite:///{tmp_path}/missing/mlflow.db", "http://", "http://h:port"):
+    for uri in (
+        "htp://x",
+        "sqlite://relative.db",
+        f"sqlite:///{tmp_path}/missing/mlflow.db",
+        "http://",
+        "http://h:port",
+    ):
         with pytest.raises(ConfigError, match="tracking URI"):
             integrity.open_store(uri)
     with pytest.raises(ConfigError, match="unreachable"):
@@ -217,7 +246,11 @@ def test_no_secret_reaches_the_ray_runtime_environment(monkeypatch):
     from training import reproduce
 
     secrets = {"MLFLOW_TRACKING_PASSWORD": "pw-123", "AWS_SECRET_ACCESS_KEY": "sk-456", "AWS_SESSION_TOKEN": "tk-789"}
-    for name, value in {**secrets, "MLFLOW_TRACKING_USERNAME": "job", "AWS_SHARED_CREDENTIALS_FILE": "/h/.aws/c"}.items():
+    for name, value in {
+        **secrets,
+        "MLFLOW_TRACKING_USERNAME": "job",
+        "AWS_SHARED_CREDENTIALS_FILE": "/h/.aws/c",
+    }.items():
         monkeypatch.setenv(name, value)
     mlflow.set_tracking_uri("http://127.0.0.1:1")  # never contacted
     forwarded = [tracking.worker_env(), reproduce.job_env("1", reproduce.Job("training.train_resnet", [], []))]

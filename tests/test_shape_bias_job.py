@@ -41,8 +41,20 @@ def artifacts(client, run_id, path=None):
 
 
 def test_single_level_random_weights_run(mlflow_store, tiny_set, tmp_path, capsys):
-    rc = job.main(["--model", "alexnet", "--topk", "0.1", "--weights", "random",
-                   "--data-dir", str(tiny_set), "--batch-size", "8.0"])
+    rc = job.main(
+        [
+            "--model",
+            "alexnet",
+            "--topk",
+            "0.1",
+            "--weights",
+            "random",
+            "--data-dir",
+            str(tiny_set),
+            "--batch-size",
+            "8.0",
+        ]
+    )
     assert rc == 0
     (run,) = runs(mlflow_store)
     assert run.info.status == "FINISHED"
@@ -50,12 +62,21 @@ def test_single_level_random_weights_run(mlflow_store, tiny_set, tmp_path, capsy
     assert run.data.tags[tracking.WEIGHTS_TAG] == "random"
     assert run.data.tags[tracking.TASK_TAG] == "shape_bias"
     p = run.data.params
-    assert (p["model"], p["sparsity"], p["topk"], p["weights"], p["sweep"]) == ("alexnet", "topk", "0.1", "random", "false")
+    assert (p["model"], p["sparsity"], p["topk"], p["weights"], p["sweep"]) == (
+        "alexnet",
+        "topk",
+        "0.1",
+        "random",
+        "false",
+    )
     m = run.data.metrics
     assert {"shape_bias", "shape_acc", "texture_acc", "accuracy_16"} <= set(m)
     assert all(0.0 <= m[k] <= 1.0 for k in ("shape_acc", "texture_acc", "accuracy_16"))
     client = MlflowClient(mlflow_store)
-    assert artifacts(client, run.info.run_id, "plots") == ["plots/shape_bias_by_category.png", "plots/shape_bias_curve.png"]
+    assert artifacts(client, run.info.run_id, "plots") == [
+        "plots/shape_bias_by_category.png",
+        "plots/shape_bias_curve.png",
+    ]
     (csv_artifact,) = artifacts(client, run.info.run_id, "decisions")
     assert csv_artifact.endswith("cue-conflict_alexnet-topk-10-RANDOM-WEIGHTS_session-1.csv")
     local = client.download_artifacts(run.info.run_id, csv_artifact, str(tmp_path))
@@ -68,8 +89,22 @@ def test_single_level_random_weights_run(mlflow_store, tiny_set, tmp_path, capsy
 
 
 def test_sweep_is_a_parent_with_one_child_per_level(mlflow_store, cue_conflict_dir):
-    rc = job.main(["--model", "alexnet", "--sparsity", "topk", "--topk", "1.0,0.2", "--weights", "random",
-                   "--limit", "16", "--batch-size", "16"])
+    rc = job.main(
+        [
+            "--model",
+            "alexnet",
+            "--sparsity",
+            "topk",
+            "--topk",
+            "1.0,0.2",
+            "--weights",
+            "random",
+            "--limit",
+            "16",
+            "--batch-size",
+            "16",
+        ]
+    )
     assert rc == 0
     all_runs = runs(mlflow_store)
     parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
@@ -109,7 +144,11 @@ def test_bad_parameters_fail_the_run(mlflow_store, tiny_set, capsys):
         assert rc == 2, argv
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith("error: ") and re.search(message, err), err
-        run = client.search_runs([client.get_experiment_by_name("shapebias-shape_bias").experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+        run = client.search_runs(
+            [client.get_experiment_by_name("shapebias-shape_bias").experiment_id],
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )[0]
         assert run.info.status == "FAILED"
         assert re.search(message, run.data.tags[tracking.ERROR_TAG])
     assert len(runs(mlflow_store)) == len(BAD_PARAMETERS)

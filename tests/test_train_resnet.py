@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
@@ -98,7 +96,9 @@ def test_number_parsing():
 
 
 def test_user_error_found_inside_a_wrapped_failure():
-    inner = RuntimeError("Caught DataError in DataLoader worker process 0.\nTraceback...\nshapebias.errors.DataError: unreadable image '/x.png' (OSError)")
+    inner = RuntimeError(
+        "Caught DataError in DataLoader worker process 0.\nTraceback...\nshapebias.errors.DataError: unreadable image '/x.png' (OSError)"
+    )
     outer = RuntimeError("Training failed")
     outer.worker_failures = {0: inner}
     err = _user_error(outer)
@@ -125,8 +125,14 @@ def _failed_run(uri):
         (["--topk", "1.5"], ["topk=1.5", "(0, 1]"]),
         (["--dataset", "IN-S1"], ["--data-dir"]),
         (["--dataset", "IN-S1", "--data-dir", "{tmp}/nowhere"], ["nowhere", "does not exist"]),
-        (["--dataset", "IN-S2", "--data-dir", "{tmp}/imagenet", "--class-list", "{tmp}/in-s2.txt", "--empty"], ["is empty"]),
-        (["--dataset", "IN-S2", "--data-dir", "{tmp}/imagenet", "--class-list", "{tmp}/in-s2.txt", "--garbage"], ["broken.JPEG", "unreadable"]),
+        (
+            ["--dataset", "IN-S2", "--data-dir", "{tmp}/imagenet", "--class-list", "{tmp}/in-s2.txt", "--empty"],
+            ["is empty"],
+        ),
+        (
+            ["--dataset", "IN-S2", "--data-dir", "{tmp}/imagenet", "--class-list", "{tmp}/in-s2.txt", "--garbage"],
+            ["broken.JPEG", "unreadable"],
+        ),
     ],
 )
 def test_bad_input_fails_the_run(args, words, mlflow_store, fake_imagenet, tmp_path, capsys):
@@ -166,15 +172,39 @@ def test_end_to_end_ray_mlflow_and_resume(mlflow_store, tmp_path, ray_local):
     """One real run through Ray Train + MLflow at tiny sizes, then resumed to one more epoch."""
     from mlflow.tracking import MlflowClient
 
-    tiny = ["--synthetic-classes", "3", "--synthetic-train-per-class", "6", "--synthetic-test-per-class", "4",
-            "--image-size", "16", "--batch-size", "6", "--lr", "0.02", "--storage-path", str(tmp_path / "ray")]
+    tiny = [
+        "--synthetic-classes",
+        "3",
+        "--synthetic-train-per-class",
+        "6",
+        "--synthetic-test-per-class",
+        "4",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "6",
+        "--lr",
+        "0.02",
+        "--storage-path",
+        str(tmp_path / "ray"),
+    ]
     assert train_resnet.main(["--epochs", "1", *tiny]) == 0
     client = MlflowClient(mlflow_store)
     (run,) = client.search_runs([client.get_experiment_by_name("shapebias-train_resnet").experiment_id])
     run_id = run.info.run_id
     assert run.info.status == "FINISHED"
     assert "resnet18-code-topk0.2-synthetic-e1-s0" == run.data.tags["mlflow.runName"]
-    for p in ("sparsity", "topk", "topk_layers", "model_spec", "stem_stride", "dataset", "epochs", "seed", "num_workers"):
+    for p in (
+        "sparsity",
+        "topk",
+        "topk_layers",
+        "model_spec",
+        "stem_stride",
+        "dataset",
+        "epochs",
+        "seed",
+        "num_workers",
+    ):
         assert p in run.data.params
     for t in ("shapebias.git_commit", "shapebias.data_fingerprint", "shapebias.versions.torch", "shapebias.device"):
         assert run.data.tags.get(t)
@@ -200,8 +230,10 @@ def test_end_to_end_ray_mlflow_and_resume(mlflow_store, tmp_path, ray_local):
 
 
 def test_run_names_differ_when_settings_differ():
-    names = {Config(**kw).run_name() for kw in ({}, {"topk": 0.1}, {"sparsity": "none"}, {"epochs": 2},
-                                                {"model_spec": "paper"}, {"seed": 1})}
+    names = {
+        Config(**kw).run_name()
+        for kw in ({}, {"topk": 0.1}, {"sparsity": "none"}, {"epochs": 2}, {"model_spec": "paper"}, {"seed": 1})
+    }
     assert len(names) == 6
     assert Config().run_name() == "resnet18-code-topk0.2-synthetic-e6-s0"
 
@@ -215,9 +247,24 @@ def test_run_is_described_for_comparison(mlflow_store, tmp_path, ray_local):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    args = ["--epochs", "1", "--synthetic-classes", "3", "--synthetic-train-per-class", "4",
-            "--synthetic-test-per-class", "3", "--image-size", "16", "--batch-size", "6",
-            "--topk", "0.3", "--storage-path", str(tmp_path / "ray")]
+    args = [
+        "--epochs",
+        "1",
+        "--synthetic-classes",
+        "3",
+        "--synthetic-train-per-class",
+        "4",
+        "--synthetic-test-per-class",
+        "3",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "6",
+        "--topk",
+        "0.3",
+        "--storage-path",
+        str(tmp_path / "ray"),
+    ]
     assert train_resnet.main(args) == 0
     client = MlflowClient(mlflow_store)
     experiment = client.get_experiment_by_name("shapebias-train_resnet")
@@ -232,7 +279,9 @@ def test_run_is_described_for_comparison(mlflow_store, tmp_path, ray_local):
     inputs = {(d.dataset.name, d.dataset.digest, d.tags[0].value) for d in run.inputs.dataset_inputs}
     digest = run.data.tags["shapebias.data_fingerprint"]
     assert inputs == {("synthetic-train", digest, "training"), ("synthetic-test", digest, "evaluation")}
-    train_rows = json.loads([d for d in run.inputs.dataset_inputs if d.dataset.name == "synthetic-train"][0].dataset.profile)
+    train_rows = json.loads(
+        [d for d in run.inputs.dataset_inputs if d.dataset.name == "synthetic-train"][0].dataset.profile
+    )
     assert train_rows["num_rows"] == 3 * 4
     model = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
     assert list(model.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 3, 16, 16]

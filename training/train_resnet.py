@@ -43,8 +43,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from shapebias import protocols
-from shapebias.errors import ConfigError, DataError, ShapebiasError, WeightsError, check_choice, check_fraction
-from shapebias.errors import check_limits
+from shapebias.errors import (
+    ConfigError,
+    DataError,
+    ShapebiasError,
+    WeightsError,
+    check_choice,
+    check_fraction,
+    check_limits,
+)
 from shapebias.metrics.shape_bias import shape_bias_score
 from shapebias.models.resnet import SPARSITY, SPECS, parse_layers, resnet18, sgd
 from training.cliargs import check_numbers, parser_from_config, setting
@@ -62,8 +69,9 @@ CHECKPOINT_FILE = "checkpoint.pt"
 class Config:
     """The whole configuration of a run, as plain data (logged flat as MLflow params)."""
 
-    protocol: str = setting("", "a published experiment to repeat (`shapebias protocols` lists them): "
-                                "sets every setting below")
+    protocol: str = setting(
+        "", "a published experiment to repeat (`shapebias protocols` lists them): sets every setting below"
+    )
     sparsity: str = setting("topk", "activation sparsity after the chosen stages", SPARSITY)
     topk: float = setting(0.2, "fraction of positions kept, (0, 1]")
     topk_layers: str = setting("layer2", "comma-separated stages: layer1..layer4")
@@ -96,7 +104,9 @@ class Config:
         self.topk = check_fraction("topk", self.topk)
         parse_layers(self.topk_layers)
         if not (self.dataset == "synthetic" or re.fullmatch(r"IN-S\d+", self.dataset)):
-            raise ConfigError(f"dataset={self.dataset!r} is not accepted; choose one of: synthetic, IN-S1, IN-S2, ... (IN-S2+ with --class-list)")
+            raise ConfigError(
+                f"dataset={self.dataset!r} is not accepted; choose one of: synthetic, IN-S1, IN-S2, ... (IN-S2+ with --class-list)"
+            )
         for name in ("epochs", "batch_size", "num_workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not accepted; expected a positive integer")
@@ -173,7 +183,12 @@ def cosine_lr(base: float, epoch: int, epochs: int) -> float:
 
 
 def train_epoch(
-    model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, device: torch.device, progress: bool = True, desc: str = "train"
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    progress: bool = True,
+    desc: str = "train",
 ) -> tuple[float, float]:
     """One pass over ``loader``; returns (mean loss, accuracy) over the samples seen here."""
     model.train()
@@ -192,7 +207,9 @@ def train_epoch(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: Dataset, device: torch.device, batch_size: int = 256, workers: int = 0) -> torch.Tensor:
+def predict(
+    model: nn.Module, data: Dataset, device: torch.device, batch_size: int = 256, workers: int = 0
+) -> torch.Tensor:
     model.eval()
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers)
     return torch.cat([model(x.to(device)).argmax(1).cpu() for x, _ in loader])
@@ -204,7 +221,11 @@ def evaluate(model: nn.Module, data: dict[str, Dataset], device: torch.device, w
     for split, key in (("original", "test_acc"), ("stylized", "stylized_acc")):
         if split in data:
             pred = predict(model, data[split], device, workers=workers)
-            labels = torch.as_tensor([y for _, y in data[split].samples]) if hasattr(data[split], "samples") else data[split].labels
+            labels = (
+                torch.as_tensor([y for _, y in data[split].samples])
+                if hasattr(data[split], "samples")
+                else data[split].labels
+            )
             out[key] = (pred == labels).float().mean().item()
     if "cue_conflict" in data:
         cc = data["cue_conflict"]
@@ -261,7 +282,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 group[k] = v.to(device)
 
     workers = _loader_workers(cfg)
-    sampler = torch.utils.data.DistributedSampler(data["train"], world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
+    sampler = (
+        torch.utils.data.DistributedSampler(data["train"], world, rank, shuffle=True, seed=cfg.seed)
+        if world > 1
+        else None
+    )
 
     def save_and_report(metrics: dict[str, float], epoch_done: int) -> None:
         if rank != 0:
@@ -269,7 +294,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             return
         with tempfile.TemporaryDirectory() as d:
             torch.save(
-                {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch_done, "config": config["cfg"], "num_classes": num_classes},
+                {
+                    "model": _unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch_done,
+                    "config": config["cfg"],
+                    "num_classes": num_classes,
+                },
                 Path(d) / CHECKPOINT_FILE,
             )
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
@@ -282,20 +313,34 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             g["lr"] = cosine_lr(cfg.lr, epoch, cfg.epochs)
         if sampler is not None:
             sampler.set_epoch(epoch)
-            loader = DataLoader(data["train"], batch_size=cfg.batch_size, sampler=sampler, num_workers=workers, drop_last=False)
+            loader = DataLoader(
+                data["train"], batch_size=cfg.batch_size, sampler=sampler, num_workers=workers, drop_last=False
+            )
         else:
             gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-            loader = DataLoader(data["train"], batch_size=cfg.batch_size, shuffle=True, generator=gen, num_workers=workers)
+            loader = DataLoader(
+                data["train"], batch_size=cfg.batch_size, shuffle=True, generator=gen, num_workers=workers
+            )
         t0 = time.time()
-        loss, acc = train_epoch(model, loader, optimizer, device, progress=rank == 0, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        loss, acc = train_epoch(
+            model, loader, optimizer, device, progress=rank == 0, desc=f"epoch {epoch + 1}/{cfg.epochs}"
+        )
         if world > 1:
             stats = torch.tensor([loss, acc], device=device)
             torch.distributed.all_reduce(stats)
             loss, acc = (stats / world).tolist()
-        metrics = {"train_loss": loss, "train_acc": acc, "lr": cosine_lr(cfg.lr, epoch, cfg.epochs), "epoch_time_s": time.time() - t0}
+        metrics = {
+            "train_loss": loss,
+            "train_acc": acc,
+            "lr": cosine_lr(cfg.lr, epoch, cfg.epochs),
+            "epoch_time_s": time.time() - t0,
+        }
         if rank == 0:
             metrics.update(evaluate(_unwrap(model), {k: v for k, v in data.items() if k != "train"}, device, workers))
-            print(f"epoch {epoch + 1}/{cfg.epochs}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()), file=sys.stderr)
+            print(
+                f"epoch {epoch + 1}/{cfg.epochs}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
+                file=sys.stderr,
+            )
             if logger:
                 logger.log(metrics, step=epoch)
         if config.get("epoch_sleep"):
@@ -360,8 +405,9 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
 
     params = dataclasses.asdict(cfg)
     new_run = run_id is None and not os.environ.get("MLFLOW_RUN_ID")
-    with tracking.tracked_run(TASK, params, run_id=run_id, run_name=cfg.run_name() if new_run else None,
-                              experiment=experiment) as active:
+    with tracking.tracked_run(
+        TASK, params, run_id=run_id, run_name=cfg.run_name() if new_run else None, experiment=experiment
+    ) as active:
         if run_id is None:  # also name the run that `mlflow run` created (a resumed run keeps its name)
             mlflow.set_tag("mlflow.runName", cfg.run_name())
         run_id = active.info.run_id
@@ -387,7 +433,10 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
         trainer, device = make_trainer(
             train_loop_per_worker,
             {"cfg": dataclasses.asdict(cfg), "run_ref": tracking.current_ref(), "epoch_sleep": sleep},
-            run_id=run_id, storage_path=storage, num_workers=cfg.num_workers, env_vars=env_vars,
+            run_id=run_id,
+            storage_path=storage,
+            num_workers=cfg.num_workers,
+            env_vars=env_vars,
         )
         mlflow.set_tag("shapebias.device", device)
         try:
@@ -428,11 +477,19 @@ PROTOCOL_SET = {k for p in protocols.for_task(TASK) for k in p.settings}  # sett
 
 def parser() -> argparse.ArgumentParser:
     """Flags of the Config fields; a flag not given (or given empty) takes the protocol's value, else the default."""
-    p = parser_from_config(Config, "shapebias train-resnet", __doc__.split("\n\n")[0], suppress=True,
-                           default_note=lambda name: ", or the protocol's" if name in PROTOCOL_SET else "")
+    p = parser_from_config(
+        Config,
+        "shapebias train-resnet",
+        __doc__.split("\n\n")[0],
+        suppress=True,
+        default_note=lambda name: ", or the protocol's" if name in PROTOCOL_SET else "",
+    )
     p.add_argument("--run-id", default=None, help="resume this MLflow run (default: the active run, or a new one)")
-    p.add_argument("--experiment", default=None,
-                   help="MLflow experiment of a new run (default: $MLFLOW_EXPERIMENT_NAME, else shapebias-train_resnet)")
+    p.add_argument(
+        "--experiment",
+        default=None,
+        help="MLflow experiment of a new run (default: $MLFLOW_EXPERIMENT_NAME, else shapebias-train_resnet)",
+    )
     return p
 
 
