@@ -266,7 +266,7 @@ def _table1_figure(plt, d: Mapping[str, Any]):
     rows = list(d["labels"])
     width = 0.8 / max(1, len(rows))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, metric, title in zip(axes, ("test_acc", "stylized_acc"), ("clean", "stylized")):
+    for ax, metric, title in zip(axes, ("test_acc", "stylized_acc"), ("clean", "stylized"), strict=True):
         for i, r in enumerate(rows):
             bars = [(j + i * width, cells[(r, c)]) for j, c in enumerate(d["cols"]) if (r, c) in cells]
             ax.bar(
@@ -308,16 +308,16 @@ def _shape_bias_figure(plt, d: Mapping[str, Any]):
     """Shape bias against k per model: published dashed, reproduced solid, random weights dotted."""
     models = sorted({m for m, *_ in d["real"] + d["random"]})
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
-    for ax, model in zip(axes[0], models):
+    for ax, model in zip(axes[0], models, strict=True):
         for sparsity, colour in (("topk", "tab:red"), ("complement", "tab:blue"), ("none", "tab:gray")):
             published = sorted((float(k), v) for (m, s, k), v in d["published"].items() if m == model and s == sparsity)
             if published:
-                ax.plot(*zip(*published), "--o", color=colour, alpha=0.5, label=f"{sparsity}, published")
+                ax.plot(*zip(*published, strict=True), "--o", color=colour, alpha=0.5, label=f"{sparsity}, published")
             for kind, style in (("real", "-s"), ("random", ":x")):
                 points = sorted((float(k), v) for m, s, k, v in d[kind] if m == model and s == sparsity)
                 if points:
                     ax.plot(
-                        *zip(*points),
+                        *zip(*points, strict=True),
                         style,
                         color=colour,
                         label=f"{sparsity}, reproduced" + (" (RANDOM WEIGHTS)" if kind == "random" else ""),

@@ -171,7 +171,9 @@ def log_dataset(frame, *, name: str, digest: str, context: str, source: str | No
     data fingerprint as its digest and ``context`` ``training`` or ``evaluation``."""
     from mlflow.data.pandas_dataset import from_pandas
 
-    mlflow.log_input(from_pandas(frame, source=source, name=name, digest=digest), context=context)
+    # from_pandas defaults source to None (the run's code location) but annotates it without None.
+    dataset = from_pandas(frame, source=source, name=name, digest=digest)  # type: ignore[arg-type]
+    mlflow.log_input(dataset, context=context)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,7 @@ def seed_table1_runs(seeds=(0, 1, 2), on_protocol: bool = True) -> list[Run]:
         settings = {"topk": "0.2", "topk_layers": "layer2", **protocols.get(name).values(), "protocol": name}
         if not on_protocol:
             settings.update(epochs="30", lr="0.05")
-        for seed, k in zip(seeds, offsets):
+        for seed, k in zip(seeds, offsets, strict=True):
             runs.append(
                 Run(
                     f"{p.model_spec}-{p.sparsity}-{p.dataset}-{seed}",
@@ -242,7 +242,7 @@ def test_bad_runs_are_listed_not_dropped():
         Run("dup", dict(good[0].params), good[0].metrics, {"shapebias.task": "train_resnet"}, start_time=-1),
     ]
     report = build_report(runs, plots=False)
-    why = dict(zip(report.left_out.run_id, report.left_out.reason))
+    why = dict(zip(report.left_out.run_id, report.left_out.reason, strict=True))
     assert why["no-metric"] == "missing metric stylized_acc"
     assert why["no-param"] == "missing param model_spec"
     assert why["failed"].startswith("status FAILED")
@@ -430,7 +430,7 @@ def test_mlflow_run_compare_prints_the_seed_tables(mlflow_store, tmp_path):
     # MLflow quotes parameters itself: an empty output_dir must not become a folder named '' in the project
     assert not (REPO / "''").exists()
     lines = proc.stdout.splitlines()
-    for (setting, dataset), cell in published_table1_cells().items():
+    for (setting, _dataset), cell in published_table1_cells().items():
         assert any(line.startswith(setting + "  ") and f"  {cell}" in line for line in lines), (setting, cell)
     table1 = lines[lines.index("Table 1: ResNet-18 top-1 accuracy (%), stylized in parentheses") + 4 :][:6]
     assert [ln.split("  ")[0] for ln in table1] == list(dict.fromkeys(reference.load("seed_table1").setting))

@@ -97,7 +97,8 @@ def test_number_parsing():
 
 def test_user_error_found_inside_a_wrapped_failure():
     inner = RuntimeError(
-        "Caught DataError in DataLoader worker process 0.\nTraceback...\nshapebias.errors.DataError: unreadable image '/x.png' (OSError)"
+        "Caught DataError in DataLoader worker process 0.\nTraceback...\n"
+        "shapebias.errors.DataError: unreadable image '/x.png' (OSError)"
     )
     outer = RuntimeError("Training failed")
     outer.worker_failures = {0: inner}

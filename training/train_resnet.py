@@ -105,7 +105,8 @@ class Config:
         parse_layers(self.topk_layers)
         if not (self.dataset == "synthetic" or re.fullmatch(r"IN-S\d+", self.dataset)):
             raise ConfigError(
-                f"dataset={self.dataset!r} is not accepted; choose one of: synthetic, IN-S1, IN-S2, ... (IN-S2+ with --class-list)"
+                f"dataset={self.dataset!r} is not accepted; "
+                "choose one of: synthetic, IN-S1, IN-S2, ... (IN-S2+ with --class-list)"
             )
         for name in ("epochs", "batch_size", "num_workers"):
             if getattr(self, name) < 1:
