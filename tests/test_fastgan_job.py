@@ -141,12 +141,19 @@ def test_tiny_run_logs_everything_and_resumes(mlflow_store, tmp_path, tiny_set, 
         assert (tmp_path / "ray" / rid).is_dir()
         assert rid in capsys.readouterr().out
 
-        # resume the same run with more iterations: continues from the checkpoint of iteration 2
-        assert train_fastgan.main(_args(tiny_set, tmp_path, iterations=3, **{"run-id": rid})) == 0
+        # a resume with other settings is refused, and changes nothing
+        assert train_fastgan.main(_args(tiny_set, tmp_path, iterations=3, **fid_opts, **{"run-id": rid})) == 2
+        assert "iterations='3' (logged '2')" in capsys.readouterr().err
+        assert [m.step for m in client.get_metric_history(rid, "loss_g")] == [1, 2]
+
+        # an interrupted run resumes from its last checkpoint (iteration 2) and trains nothing again
+        client.set_terminated(rid, "KILLED")
+        assert train_fastgan.main(_args(tiny_set, tmp_path, **fid_opts, **{"run-id": rid})) == 0
         client, run = _only_run()
+        assert run.info.status == "FINISHED"
         assert run.data.tags["shapebias.resumed_from_iteration"] == "2"
-        assert [m.step for m in client.get_metric_history(rid, "loss_g")] == [1, 2, 3]
+        assert [m.step for m in client.get_metric_history(rid, "loss_g")] == [1, 2]
         state = torch.load(client.download_artifacts(rid, "model/generator_ema.pt"), weights_only=True)
-        assert state["iteration"] == 3
+        assert state["iteration"] == 2
     finally:
         ray.shutdown()
