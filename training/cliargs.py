@@ -193,3 +193,23 @@ def split_args(name: str, value: str) -> list[str]:
             f"{name}={value!r} cannot be split into arguments ({exc}); "
             "balance the quotes, e.g. --job-args=\"--data-dir '/my data'\""
         ) from None
+
+
+def resolve_config(config_cls: type, task: str, args: argparse.Namespace) -> dict[str, Any]:
+    """A job's settings from parsed flags: ``Config`` defaults, then the protocol's settings, then the
+    flags given (an explicit flag wins and makes the run off-protocol). Flags left empty fall back.
+
+    An unknown protocol is left for the job's ``Config.validate`` to report inside the run.
+    """
+    from shapebias import protocols
+
+    given = {}
+    for f in dataclasses.fields(config_cls):
+        value = getattr(args, f.name, None)
+        if value is not None and unquote(value) != "":
+            given[f.name] = unquote(value) if isinstance(value, str) else value
+    defaults = dataclasses.asdict(config_cls())
+    try:
+        return protocols.resolve(task, defaults, given.get("protocol", ""), given)
+    except ConfigError:
+        return {**defaults, **given}

@@ -42,8 +42,7 @@ from shapebias import protocols
 from shapebias.errors import ConfigError, ShapebiasError, check_choice, check_fraction, check_limits
 from shapebias.metrics.fid import PROTOCOLS
 from shapebias.models import fastgan as fg
-from training.cliargs import check_numbers, parser_from_config, setting
-from training.cliargs import unquote as _unquote
+from training.cliargs import check_numbers, parser_from_config, resolve_config, setting
 
 TASK = "train_fastgan"
 PROTOCOL_NAMES = tuple(PROTOCOLS)
@@ -346,16 +345,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
     An unknown protocol is left for :meth:`Config.validate` to report inside the run.
     """
-    given = {}
-    for f in dataclasses.fields(Config):
-        value = getattr(args, f.name, None)
-        if value is not None and _unquote(value) != "":
-            given[f.name] = _unquote(value) if isinstance(value, str) else value
-    defaults = dataclasses.asdict(Config())
-    try:
-        values = protocols.resolve(TASK, defaults, given.get("protocol", ""), given)
-    except ConfigError:
-        values = {**defaults, **given}
+    values = resolve_config(Config, TASK, args)
     values["noise_injection"] = parse_bool("noise_injection", values["noise_injection"])
     return Config(**values)
 

@@ -54,8 +54,7 @@ from shapebias.errors import (
 )
 from shapebias.metrics.shape_bias import shape_bias_score
 from shapebias.models.resnet import SPARSITY, SPECS, parse_layers, resnet18, sgd
-from training.cliargs import check_numbers, parser_from_config, setting
-from training.cliargs import unquote as _unquote
+from training.cliargs import check_numbers, parser_from_config, resolve_config, setting
 from training.raytools import progress as _progress
 
 TASK = "train_resnet"
@@ -499,16 +498,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
     An unknown protocol is left for :meth:`Config.validate` to report inside the run.
     """
-    given = {}
-    for f in dataclasses.fields(Config):
-        value = getattr(args, f.name, None)
-        if value is not None and _unquote(value) != "":
-            given[f.name] = _unquote(value) if isinstance(value, str) else value
-    defaults = dataclasses.asdict(Config())
-    try:
-        values = protocols.resolve(TASK, defaults, given.get("protocol", ""), given)
-    except ConfigError:
-        values = {**defaults, **given}
+    values = resolve_config(Config, TASK, args)
     return Config(**values)
 
 

@@ -28,6 +28,11 @@ def canonical(value: Any) -> str:
     text = "" if value is None else str(value).strip()
     if "," in text:
         return ",".join(canonical(part) for part in text.split(","))
+    return canonical_scalar(text)
+
+
+def canonical_scalar(text: str) -> str:
+    """One value in canonical form (see :func:`canonical`); a comma is not special here."""
     if text.lower() in ("true", "false"):
         return text.lower()
     try:

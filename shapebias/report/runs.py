@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from shapebias.protocols.model import canonical_scalar
+
 TASK_TAG = "shapebias.task"
 WEIGHTS_TAG = "shapebias.weights"  # same name as shapebias.tracking.WEIGHTS_TAG (no MLflow import here)
 PARENT_TAG = "mlflow.parentRunId"
@@ -83,15 +85,7 @@ class LeftOut:
 
 @functools.lru_cache(maxsize=65536)
 def _canonical(text: str) -> str:
-    if text.lower() in ("true", "false"):
-        return text.lower()
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    if math.isfinite(number) and number.is_integer() and abs(number) < 1e15:
-        return str(int(number))
-    return format(number, ".10g")
+    return canonical_scalar(text)  # cached: the report canonicalises every param of every run
 
 
 def canonical_value(value: Any) -> str:
