@@ -90,7 +90,8 @@ def test_worker_killed_mid_training_resumes_from_checkpoint(stack, client, exper
     _one_point_per_epoch(client, run_id)
     # Ray Train's checkpoints and the run's artifacts are in the S3 bucket.
     assert len(sj.checkpoints(stack, run_id)) >= 1
-    assert sj.s3_keys(stack, f"mlartifacts/{experiment_id}/{run_id}/artifacts/samples/"), "samples picture not in S3"
+    figures = f"mlartifacts/{experiment_id}/{run_id}/artifacts/figures/"
+    assert sj.s3_keys(stack, figures), "the run's figures are not in S3"
     sj.record(
         fault_report,
         fault="Ray Train worker process killed (SIGKILL) mid-training",
