@@ -53,11 +53,13 @@ def test_set_makes_runs_off_protocol_and_bad_input_is_named():
         study.check_where("http://head:8265")
 
 
-def test_interval_is_the_t_interval_of_the_mean():
-    mean, low, high = interval(np.array([1.0, 2.0, 3.0]))
-    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2) * s / sqrt(n), s = 1
-    assert mean == 2.0 and low == pytest.approx(2 - half) and high == pytest.approx(2 + half)
+def test_interval_is_the_t_interval_of_the_mean_within_0_and_1():
+    mean, low, high = interval(np.array([0.4, 0.5, 0.6]))
+    half = 0.1 * 4.302652729911275 / math.sqrt(3)  # t(0.975, 2) * s / sqrt(n), s = 0.1
+    assert mean == pytest.approx(0.5) and low == pytest.approx(0.5 - half) and high == pytest.approx(0.5 + half)
     assert math.isnan(interval(np.array([0.5]))[1])
+    assert interval(np.array([0.9, 1.0, 1.0]))[2] == 1.0  # a fraction's interval ends at 100 %
+    assert interval(np.array([0.0, 0.0, 0.1]))[1] == 0.0
 
 
 def _run(i: int, sparsity: str, k: float, seed: int, shape_bias: float, stylized: float, clean: float = 0.9) -> Run:

@@ -57,14 +57,15 @@ CLAIMS = (CLAIM_SB, CLAIM_STYLIZED, CLAIM_MEAN, CLAIM_CLEAN)
 
 
 def interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """(mean, low, high): the two-sided t-interval of the mean; NaN bounds for one value."""
+    """(mean, low, high): the two-sided t-interval of the mean, clipped to [0, 1] (every metric of
+    the study is a fraction, and an interval past 100 % says nothing); NaN bounds for one value."""
     from scipy import stats as st
 
     mean = float(np.mean(values))
     if len(values) < 2:
         return mean, math.nan, math.nan
     half = float(st.t.ppf(0.5 + confidence / 2, len(values) - 1) * st.sem(values))
-    return mean, mean - half, mean + half
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
 
 
 def interval_text(values: np.ndarray) -> str:
@@ -124,7 +125,8 @@ def study_table(runs: Sequence[Run]) -> TableResult:
             }
         )
     notes = [
-        f"Percent, mean over seeds [{CONFIDENCE:.0%} t-interval of the mean, n - 1 degrees of freedom]; "
+        f"Percent, mean over seeds [{CONFIDENCE:.0%} t-interval of the mean, n - 1 degrees of freedom, "
+        "clipped to [0, 100]]; "
         "n = seeds. k = fraction of positions kept per channel by Top-K.",
         "Generated benchmark (shapebias.data.synthetic): 'stylized' fills each class's shape with a texture of "
         "no class; 'cue-conflict' gives a shape one class and the texture another (shape bias = shape "
