@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help setup run test lint stack-test stack-up stack-down stack-status tools bench gpu-check manifests chart-docs clean
+.PHONY: help setup run test lint stack-test stack-up stack-down stack-status tools bench gpu-check generate manifests chart-docs clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -55,8 +55,13 @@ bench: setup ## the benchmarks
 gpu-check: setup ## the GPU check: Top-K and ResNet-18 steps on CUDA, one table
 	$(BIN)/python -m benchmarks.gpu_check
 
-# manifests/ and the chart's README.md are generated from deploy/helm/shapebias (repository tooling in tools/).
-manifests: tools ## regenerate manifests/ from the chart
+# MLproject and the chart's rayjobs.experiments are generated from the task registry (shapebias/tasks.py)
+# and the jobs' Config dataclasses; manifests/ and the chart's README.md from deploy/helm/shapebias
+# (repository tooling in tools/). `make manifests` runs all three, in that order.
+generate: setup ## regenerate MLproject and the chart's experiments from shapebias/tasks.py
+	$(BIN)/python -m tools.devtools gen-project
+
+manifests: tools generate chart-docs ## regenerate MLproject, the chart's experiments and README, and manifests/
 	$(BIN)/python -m tools.devtools render-manifests
 
 chart-docs: setup ## regenerate the chart's README.md from its values

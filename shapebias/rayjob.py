@@ -102,7 +102,7 @@ def job_args(experiment: str, params: dict[str, str], require_all: bool = True) 
         return shlex.quote(values[match.group(1) or match.group(2)])
 
     argv = shlex.split(re.sub(r'"\{(\w+)\}"|\{(\w+)\}', fill, command))
-    prefix = ["python", "-m", f"training.{experiment}"]
+    prefix = ["python", "-m", tasks.TASKS[experiment].module]
     if argv[:3] != prefix:
         raise ConfigError(f"MLproject's {experiment} command does not start with {' '.join(prefix)}")
     return argv[3:]

@@ -1,5 +1,6 @@
-"""The command line: one task registry that MLproject, the CLI and the chart agree with, and help
-that answers without importing the heavy libraries."""
+"""The command line: one task registry that MLproject, the CLI and the chart agree with (MLproject
+and the chart's experiments are generated from it), and help that answers without importing the
+heavy libraries."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 import importlib
 import importlib.util
 import re
+import shlex
 import subprocess
 import sys
 
@@ -16,6 +18,7 @@ import yaml
 from shapebias import cli, tasks
 from shapebias.errors import ConfigError
 from shapebias.settings import REPO_ROOT
+from tools import chartdocs, projectgen
 from training import cliargs
 
 MLPROJECT = yaml.safe_load((REPO_ROOT / "MLproject").read_text())
@@ -81,7 +84,8 @@ def test_unknown_command_is_one_error_line():
     ]
 
 
-CONFIG_JOBS = ("train_resnet", "shape_bias", "train_fastgan", "texture_synthesis")
+CONFIG_JOBS = tuple(name for name, t in tasks.TASKS.items() if t.params is None)  # settings: the module's Config
+HAND_PARSED = tuple(name for name, t in tasks.TASKS.items() if t.params is not None)
 
 
 def _config(task: str):
@@ -108,6 +112,95 @@ def test_mlproject_parameters_are_the_config_fields(task):
             assert param["default"] == "", name
         else:
             assert protocols.canonical(param["default"]) == protocols.canonical(defaults[name]), name
+
+
+def test_mlproject_and_the_chart_experiments_are_generated_from_the_registry():
+    files = projectgen.render()
+    stale = [str(p.relative_to(REPO_ROOT)) for p, text in files.items() if p.read_text() != text]
+    assert stale == [], f"{stale} differ from the task registry: run `make manifests`"
+
+
+@pytest.mark.parametrize("task", HAND_PARSED)
+def test_parameters_of_a_task_without_config_reach_its_parser(task):
+    """Each registry Param is passed the way the module's hand-written parser reads it."""
+    spec = MLPROJECT["entry_points"][task]
+    values = {name: f"v_{name}" for name in spec["parameters"]}
+    argv = shlex.split(spec["command"].format(**values))
+    assert argv[:3] == ["python", "-m", tasks.TASKS[task].module]
+    parsed = vars(importlib.import_module(tasks.TASKS[task].module).parse_args(argv[3:]))
+    assert sorted(v for v in parsed.values() if str(v).startswith("v_")) == sorted(values.values())
+
+
+@dataclasses.dataclass
+class NewConfig:
+    data: str = cliargs.setting("", "input folder")
+    steps: int = cliargs.setting(100, "optimiser steps")
+    rate: float = cliargs.setting(1e-4, "learning rate")
+    mode: str = cliargs.setting("a", "which variant", ("a", "b"))
+    size: str = cliargs.setting("64", "image size, checked inside the run")
+    loud: bool = cliargs.setting(False, "say more")
+
+
+def test_a_new_experiment_is_its_module_config_and_registry_entry():
+    """A task added to the registry with a Config gets an entry point and a RayJob entry, and
+    nothing else needs writing by hand: the generator is called on an in-memory registry."""
+    new = tasks.Task(
+        "new_job",
+        "training.new_job",
+        "a new experiment",
+        cluster=tasks.ClusterJob(workers=2, entrypoint_gpus=0.5, params={"mode": "b", "data": "/data/x"}),
+        required=("data",),
+    )
+    registry = {"new_job": new, "compare": tasks.TASKS["compare"]}
+    values_path = projectgen.VALUES
+    files = projectgen.render(registry, {"new_job": NewConfig}, values_text=values_path.read_text())
+    entry = yaml.safe_load(files[projectgen.MLPROJECT])["entry_points"]["new_job"]
+    assert entry["parameters"] == {
+        "data": {"type": "string"},
+        "steps": {"type": "float", "default": 100},
+        "rate": {"type": "float", "default": 0.0001},
+        "mode": {"type": "string", "default": "a"},
+        "size": {"type": "float", "default": 64},
+        "loud": {"type": "string", "default": "false"},
+    }
+    filled = {name: shlex.quote(str(p.get("default", "/in"))) for name, p in entry["parameters"].items()}
+    argv = shlex.split(entry["command"].format(**filled))
+    assert argv[:3] == ["python", "-m", "training.new_job"]
+    args = cliargs.parser_from_config(NewConfig, "new-job", "").parse_args(argv[3:])
+    assert vars(args) == {"data": "/in", "steps": 100, "rate": 0.0001, "mode": "a", "size": "64", "loud": "false"}
+
+    text = files[values_path]
+    values = yaml.safe_load(text)
+    assert values["rayjobs"]["experiments"] == {
+        "new_job": {"workers": 2, "entrypointNumGpus": 0.5, "params": {"mode": "b", "data": "/data/x"}},
+        "compare": VALUES["rayjobs"]["experiments"]["compare"],
+    }
+    values["rayjobs"]["experiments"] = VALUES["rayjobs"]["experiments"]
+    assert values == VALUES  # nothing else in values.yaml moves
+    assert "rayjobs.experiments" in chartdocs.descriptions(text)  # still documented for the chart's README
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"required": ("nope",)}, "required=('nope',) names nope, which is not a parameter; accepted: experiment"),
+        ({"cluster": tasks.ClusterJob(params={"nope": "1"})}, "ClusterJob params name nope, which is not a parameter"),
+        ({"cluster": tasks.ClusterJob(workers=-1)}, "workers=-1 is not accepted; expected an integer >= 0"),
+        ({"params": None}, "training.compare has no Config dataclass"),
+        ({"params": (tasks.Param("Bad-name"),), "required": ()}, "parameter name 'Bad-name' is not accepted"),
+    ],
+)
+def test_the_generator_names_what_is_wrong_in_the_registry(change, message):
+    task = dataclasses.replace(tasks.TASKS["compare"], **change)
+    with pytest.raises(projectgen.GenerationError, match=re.escape(message)):
+        projectgen.render({"compare": task}, values_text=projectgen.VALUES.read_text())
+
+
+def test_the_generator_needs_the_markers_and_known_param_forms():
+    with pytest.raises(projectgen.GenerationError, match="exactly one `# BEGIN generated"):
+        projectgen.render({"compare": tasks.TASKS["compare"]}, values_text="rayjobs:\n  experiments: {}\n")
+    with pytest.raises(ValueError, match="form='option' is not one of flag, joined, positional"):
+        tasks.Param("x", form="option")
 
 
 @pytest.mark.parametrize("task", CONFIG_JOBS)

