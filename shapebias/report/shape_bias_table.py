@@ -17,7 +17,7 @@ from shapebias import reference
 from shapebias.report import formatting as fmt
 from shapebias.report import stats
 from shapebias.report.runs import SHAPE_BIAS, Run, canonical_value, column_order, group_cells
-from shapebias.report.tables import Section, TableResult, rank, wide_table, with_varying
+from shapebias.report.tables import Section, TableResult, find_row, present_cells, rank, wide_table, with_varying
 from shapebias.report.verdicts import Verdict, compare_cells, trend_verdict
 
 
@@ -47,39 +47,35 @@ def _shape_bias_table(
     )
     labels = {r: fmt.shape_bias_label(dict(r)) for r in rows}
     beside, data = [], []
-    for r in rows:
+    for r, c, cell in present_cells(rows, columns, index):
         d = dict(r)
-        for c in columns:
-            cell = index.get((r, c))
-            if cell is None:
-                continue
-            p = math.nan if random_weights else published.get((d["model"], d["sparsity"], c), math.nan)
-            beside.append(
-                {
-                    "model": d["model"],
-                    "sparsity": d["sparsity"],
-                    "topk": fmt.level_label(c),
-                    "n": cell.n,
-                    "reproduced": fmt.shape_bias_cell(cell),
-                    "published": fmt.percent(p),
-                    "Δ (pp)": fmt.signed((cell.mean("shape_bias") - p) * 100),
-                }
-            )
-            data.append(
-                {
-                    **d,
-                    "topk": c,
-                    "n": cell.n,
-                    "shape_bias_mean": cell.mean("shape_bias"),
-                    "shape_bias_std": cell.std("shape_bias"),
-                    "random_weights": random_weights,
-                    "published_shape_bias": None if math.isnan(p) else p,
-                    "run_ids": cell.run_ids(),
-                }
-            )
-            result.plot_data["random" if random_weights else "real"].append(
-                (d["model"], d["sparsity"], c, cell.mean("shape_bias"))
-            )
+        p = math.nan if random_weights else published.get((d["model"], d["sparsity"], c), math.nan)
+        beside.append(
+            {
+                "model": d["model"],
+                "sparsity": d["sparsity"],
+                "topk": fmt.level_label(c),
+                "n": cell.n,
+                "reproduced": fmt.shape_bias_cell(cell),
+                "published": fmt.percent(p),
+                "Δ (pp)": fmt.signed((cell.mean("shape_bias") - p) * 100),
+            }
+        )
+        data.append(
+            {
+                **d,
+                "topk": c,
+                "n": cell.n,
+                "shape_bias_mean": cell.mean("shape_bias"),
+                "shape_bias_std": cell.std("shape_bias"),
+                "random_weights": random_weights,
+                "published_shape_bias": None if math.isnan(p) else p,
+                "run_ids": cell.run_ids(),
+            }
+        )
+        result.plot_data["random" if random_weights else "real"].append(
+            (d["model"], d["sparsity"], c, cell.mean("shape_bias"))
+        )
     notes = ["Shape bias (%) on the cue-conflict set, by model and Top-K level (fraction of activations kept)."]
     if random_weights:
         notes.append(
@@ -124,14 +120,7 @@ def _shape_bias_verdicts(rows, columns, index, published: Mapping[tuple, float])
         d = dict(r)
         if d["sparsity"] != "topk":
             continue
-        base = next(
-            (
-                q
-                for q in rows
-                if dict(q)["sparsity"] == "none" and all(dict(q).get(k) == v for k, v in d.items() if k != "sparsity")
-            ),
-            None,
-        )
+        base = find_row(rows, {k: v for k, v in d.items() if k != "sparsity"}, sparsity="none")
         dense = next((index[(base, c)] for c in columns if base is not None and (base, c) in index), None)
         for c in columns:
             if (r, c) in index:

@@ -17,7 +17,7 @@ from shapebias import reference
 from shapebias.report import formatting as fmt
 from shapebias.report import stats
 from shapebias.report.runs import SPARSITY_ONLY_PARAMS, TABLE1, RowKey, Run, canonical_value, column_order, group_cells
-from shapebias.report.tables import Section, TableResult, rank, wide_table, with_varying
+from shapebias.report.tables import Section, TableResult, present_cells, rank, wide_table, with_varying
 from shapebias.report.verdicts import Verdict, compare_cells
 
 TABLE1_DATASETS = ("IN-S1", "IN-S2", "IN-S3", "IN-S4", "synthetic")
@@ -46,50 +46,44 @@ def resnet_accuracy_table(runs: Sequence[Run]) -> TableResult:
         for p in reference.load("seed_table1").itertuples()
     }
     beside, data = [], []
-    for r in rows:
+    for r, c, cell in present_cells(rows, columns, index):
         d = dict(r)
-        for c in columns:
-            cell = index.get((r, c))
-            if cell is None:
-                continue
-            p = published.get((d["model_spec"], d["sparsity"], d["stem_stride"], c))
-            beside.append(
-                {
-                    "Model": labels[r],
-                    "dataset": c,
-                    "n": cell.n,
-                    "reproduced": fmt.accuracy_cell(cell),
-                    "published": (
-                        f"{p.test_acc_mean:.1f} ± {p.test_acc_std:.1f} ({p.stylized_acc_mean:.1f} "
-                        f"± {p.stylized_acc_std:.1f})"
-                    )
-                    if p
-                    else fmt.MISSING,
-                    "Δ clean (pp)": fmt.signed(cell.mean("test_acc") * 100 - p.test_acc_mean if p else math.nan),
-                    "Δ stylized (pp)": fmt.signed(
-                        cell.mean("stylized_acc") * 100 - p.stylized_acc_mean if p else math.nan
-                    ),
-                }
-            )
-            data.append(
-                {
-                    "setting": labels[r],
-                    **d,
-                    "dataset": c,
-                    "n": cell.n,
-                    "seeds": ",".join(canonical_value(x.params.get("seed", "")) for x in cell.runs),
-                    "test_acc_mean": cell.mean("test_acc"),
-                    "test_acc_std": cell.std("test_acc"),
-                    "stylized_acc_mean": cell.mean("stylized_acc"),
-                    "stylized_acc_std": cell.std("stylized_acc"),
-                    **{
-                        f"published_{m}_{s}": getattr(p, f"{m}_{s}") / 100 if p else None
-                        for m in ("test_acc", "stylized_acc")
-                        for s in ("mean", "std")
-                    },
-                    "run_ids": cell.run_ids(),
-                }
-            )
+        p = published.get((d["model_spec"], d["sparsity"], d["stem_stride"], c))
+        beside.append(
+            {
+                "Model": labels[r],
+                "dataset": c,
+                "n": cell.n,
+                "reproduced": fmt.accuracy_cell(cell),
+                "published": (
+                    f"{p.test_acc_mean:.1f} ± {p.test_acc_std:.1f} ({p.stylized_acc_mean:.1f} "
+                    f"± {p.stylized_acc_std:.1f})"
+                )
+                if p
+                else fmt.MISSING,
+                "Δ clean (pp)": fmt.signed(cell.mean("test_acc") * 100 - p.test_acc_mean if p else math.nan),
+                "Δ stylized (pp)": fmt.signed(cell.mean("stylized_acc") * 100 - p.stylized_acc_mean if p else math.nan),
+            }
+        )
+        data.append(
+            {
+                "setting": labels[r],
+                **d,
+                "dataset": c,
+                "n": cell.n,
+                "seeds": ",".join(canonical_value(x.params.get("seed", "")) for x in cell.runs),
+                "test_acc_mean": cell.mean("test_acc"),
+                "test_acc_std": cell.std("test_acc"),
+                "stylized_acc_mean": cell.mean("stylized_acc"),
+                "stylized_acc_std": cell.std("stylized_acc"),
+                **{
+                    f"published_{m}_{s}": getattr(p, f"{m}_{s}") / 100 if p else None
+                    for m in ("test_acc", "stylized_acc")
+                    for s in ("mean", "std")
+                },
+                "run_ids": cell.run_ids(),
+            }
+        )
     notes = [
         "Top-1 accuracy (%), mean ± std over seeds (std with n - 1), stylized accuracy in parentheses; "
         "n shown where it is not 3.",
@@ -131,20 +125,13 @@ def _table1_verdicts(rows, columns, index, labels, published) -> list[Verdict]:
     claims_of = {"topk": (stats.CLAIM_TOPK_STYLIZED, stats.CLAIM_TOPK_CLEAN), "topk_mean": (stats.CLAIM_MEAN_STYLIZED,)}
     verdicts = []
     for claim in (stats.CLAIM_TOPK_STYLIZED, stats.CLAIM_TOPK_CLEAN, stats.CLAIM_MEAN_STYLIZED):
-        for r in rows:
+        claimed = [r for r in rows if claim in claims_of.get(dict(r)["sparsity"], ())]
+        for r, c, a in present_cells(claimed, columns, index):
             d = dict(r)
-            if claim not in claims_of.get(d["sparsity"], ()):
-                continue
             base = bases.get(rest(r))
-            for c in columns:
-                a = index.get((r, c))
-                if a is None:
-                    continue
-                pa = published.get((d["model_spec"], d["sparsity"], d["stem_stride"], c))
-                pb = published.get((d["model_spec"], "none", d["stem_stride"], c))
-                key = claim.metric + "_mean"
-                pdiff = getattr(pa, key) - getattr(pb, key) if pa and pb else math.nan
-                verdicts.append(
-                    compare_cells(claim, f"{labels[r]}, {c}", a, index.get((base, c)) if base else None, pdiff)
-                )
+            pa = published.get((d["model_spec"], d["sparsity"], d["stem_stride"], c))
+            pb = published.get((d["model_spec"], "none", d["stem_stride"], c))
+            key = claim.metric + "_mean"
+            pdiff = getattr(pa, key) - getattr(pb, key) if pa and pb else math.nan
+            verdicts.append(compare_cells(claim, f"{labels[r]}, {c}", a, index.get((base, c)) if base else None, pdiff))
     return verdicts

@@ -16,8 +16,8 @@ import pandas as pd
 from shapebias import reference
 from shapebias.report import formatting as fmt
 from shapebias.report import stats
-from shapebias.report.runs import TABLE2, Cell, RowKey, Run, canonical_value, column_order, group_cells
-from shapebias.report.tables import Section, TableResult, wide_table, with_varying
+from shapebias.report.runs import TABLE2, Cell, Run, canonical_value, column_order, group_cells
+from shapebias.report.tables import Section, TableResult, find_row, present_cells, wide_table, with_varying
 from shapebias.report.verdicts import Verdict, compare_cells
 
 TABLE2A_DATASETS = ("jeep", "fish", "train", "table")
@@ -98,36 +98,32 @@ def _fid_table(
     )
     labels = {r: fmt.gan_label(dict(r), topk_varies) for r in rows}
     beside, data = [], []
-    for r in rows:
+    for r, c, cell in present_cells(rows, columns, index):
         d = dict(r)
-        for c in columns:
-            cell = index.get((r, c))
-            if cell is None:
-                continue
-            p = published(d, c)
-            beside.append(
-                {
-                    "Model (FastGAN)": labels[r],
-                    "dataset": c,
-                    "n": cell.n,
-                    "reproduced": fmt.fid_cell(cell),
-                    "published": fmt.MISSING if math.isnan(p) else f"{p:.2f}",
-                    "Δ FID": fmt.signed(cell.mean("fid") - p, 2),
-                }
-            )
-            data.append(
-                {
-                    "setting": labels[r],
-                    **d,
-                    "dataset": c,
-                    "n": cell.n,
-                    "fid_mean": cell.mean("fid"),
-                    "fid_std": cell.std("fid"),
-                    "published_fid": None if math.isnan(p) else p,
-                    "run_ids": cell.run_ids(),
-                }
-            )
-            result.plot_data["rows"].append((labels[r], c, cell.mean("fid"), p))
+        p = published(d, c)
+        beside.append(
+            {
+                "Model (FastGAN)": labels[r],
+                "dataset": c,
+                "n": cell.n,
+                "reproduced": fmt.fid_cell(cell),
+                "published": fmt.MISSING if math.isnan(p) else f"{p:.2f}",
+                "Δ FID": fmt.signed(cell.mean("fid") - p, 2),
+            }
+        )
+        data.append(
+            {
+                "setting": labels[r],
+                **d,
+                "dataset": c,
+                "n": cell.n,
+                "fid_mean": cell.mean("fid"),
+                "fid_std": cell.std("fid"),
+                "published_fid": None if math.isnan(p) else p,
+                "run_ids": cell.run_ids(),
+            }
+        )
+        result.plot_data["rows"].append((labels[r], c, cell.mean("fid"), p))
     notes = ["FID (lower is better); one run per cell as in the seed, mean ± std and n where there are several."]
     wide = wide_table(rows, columns, index, labels, fmt.fid_cell, "Model (FastGAN)")
     result.sections.append(Section(key, title, wide, pd.DataFrame(data), with_varying(notes, varying)))
@@ -143,11 +139,6 @@ def _fid_table(
     result.verdicts += _fid_verdicts(rows, columns, index, labels, published)
 
 
-def _find_row(rows, rest: dict, **want: str) -> RowKey | None:
-    """The first row whose settings include ``rest`` and ``want``."""
-    return next((q for q in rows if all(dict(q).get(k) == v for k, v in {**rest, **want}.items())), None)
-
-
 def _fid_verdicts(rows, columns, index, labels, published: PublishedFID) -> list[Verdict]:
     """Top-K against the baseline, and Top-K + noise against Top-K, with the same other settings."""
     verdicts = []
@@ -157,9 +148,9 @@ def _fid_verdicts(rows, columns, index, labels, published: PublishedFID) -> list
             continue
         rest = {k: v for k, v in d.items() if k not in ("sparsity", "topk", "noise_injection")}
         if d["noise_injection"] != "true":
-            base, claim = _find_row(rows, rest, sparsity="none", noise_injection=d["noise_injection"]), stats.CLAIM_FID
+            base, claim = find_row(rows, rest, sparsity="none", noise_injection=d["noise_injection"]), stats.CLAIM_FID
         else:
-            base = _find_row(rows, rest, sparsity="topk", topk=d["topk"], noise_injection="false")
+            base = find_row(rows, rest, sparsity="topk", topk=d["topk"], noise_injection="false")
             claim = stats.CLAIM_NOISE
         if base is None:
             continue

@@ -1,5 +1,7 @@
 """What every table of the report is made of: :class:`Section` (one printed table and its CSV),
-:class:`TableResult` (what a table builder returns) and the wide-table layout they share.
+:class:`TableResult` (what a table builder returns), the wide-table layout they share, and the walk
+over the cells that have runs (:func:`present_cells`) and the look-up of a comparison row
+(:func:`find_row`) that their builders and verdicts use.
 
 The builders, one module per table family, and the run schema each reads:
 
@@ -19,7 +21,7 @@ The builders, one module per table family, and the run schema each reads:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -63,6 +65,21 @@ def wide_table(
     """The printed table: a label per row, a cell per column ("–" where no run)."""
     body = [[labels[r]] + [cell_text(index[(r, c)]) if (r, c) in index else fmt.MISSING for c in columns] for r in rows]
     return pd.DataFrame(body, columns=[first, *(headers or columns)])
+
+
+def present_cells(
+    rows: Sequence[RowKey], columns: Sequence[str], index: Mapping[tuple, Cell]
+) -> Iterator[tuple[RowKey, str, Cell]]:
+    """``(row, column, cell)`` for each cell that has runs: row by row, each row's columns in order."""
+    for r in rows:
+        for c in columns:
+            if (r, c) in index:
+                yield r, c, index[(r, c)]
+
+
+def find_row(rows: Sequence[RowKey], rest: Mapping[str, str], **want: str) -> RowKey | None:
+    """The first row whose settings include ``rest`` and ``want``."""
+    return next((q for q in rows if all(dict(q).get(k) == v for k, v in {**rest, **want}.items())), None)
 
 
 def with_varying(notes: list[str], varying: Sequence[str]) -> list[str]:
