@@ -104,6 +104,11 @@ def plot_category_shape_bias(entries: Sequence[DecisionMaker], path: str | Path,
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    """Lay the figure out, write it to ``path`` (its folder made) at 120 dpi and close it."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -156,11 +161,7 @@ def plot_sparsity_curve(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 # ------------------------------------------------------------------------ published decisions
@@ -250,14 +251,18 @@ def report_figures(data: Mapping[str, Any]) -> dict[str, bytes]:
         if table not in data:
             continue
         fig = draw(plt, data[table])
-        if fig is None:
-            continue
-        buf = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buf, format="png", dpi=90)
-        plt.close(fig)
-        out[name] = buf.getvalue()
+        if fig is not None:
+            out[name] = png_bytes(fig)
     return out
+
+
+def png_bytes(fig) -> bytes:
+    """The figure laid out as a 90 dpi PNG, as the report embeds it; the figure is closed."""
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=90)
+    close(fig)
+    return buf.getvalue()
 
 
 def _table1_figure(plt, d: Mapping[str, Any]):

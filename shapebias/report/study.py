@@ -17,7 +17,6 @@ Reads the runs of the ``synthetic.*`` protocols (``shapebias.protocols.synthetic
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -180,24 +179,19 @@ def _verdicts(cells: Sequence[Cell]) -> list[Verdict]:
 
 def study_figures(data: Mapping[str, Any]) -> dict[str, bytes]:
     """PNG bytes by name: shape bias against k (95 % intervals), accuracy against shape bias."""
-    from shapebias.plots import _pyplot
+    from shapebias.plots import _pyplot, png_bytes
 
     plt = _pyplot()
     cells = list(data.get("cells", ()))
     if not cells:
         return {}
-    out = {}
-    for name, draw in (
-        ("synthetic_shape_bias_vs_k.png", _shape_bias_vs_k),
-        ("synthetic_accuracy_vs_shape_bias.png", _accuracy_vs_shape_bias),
-    ):
-        fig = draw(plt, cells)
-        buf = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buf, format="png", dpi=90)
-        plt.close(fig)
-        out[name] = buf.getvalue()
-    return out
+    return {
+        name: png_bytes(draw(plt, cells))
+        for name, draw in (
+            ("synthetic_shape_bias_vs_k.png", _shape_bias_vs_k),
+            ("synthetic_accuracy_vs_shape_bias.png", _accuracy_vs_shape_bias),
+        )
+    }
 
 
 def _errors(cell: Cell, metric: str) -> tuple[float, float, float]:
