@@ -19,11 +19,12 @@ $(STAMP): pyproject.toml constraints.txt requirements.txt requirements-cluster.t
 
 setup: $(STAMP) ## create or update .venv (pinned by constraints.txt)
 
-# ruff reads every Python file of the checkout (its exclusions are in pyproject.toml); mypy the library.
-lint: setup ## ruff (lint and format check) on the whole tree and mypy on the library
+# ruff reads every Python file of the checkout (its exclusions are in pyproject.toml); mypy the files
+# that pyproject.toml lists (the library, the repository tooling, the local stack).
+lint: setup ## ruff (lint and format check) on the whole tree, mypy on the library and tooling
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shapebias
+	$(BIN)/mypy
 
 tools: setup ## fetch helm and kubectl into .tools/bin
 	$(BIN)/python -m tools.devtools fetch-helm

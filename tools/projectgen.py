@@ -116,7 +116,7 @@ def config_of(task: Task) -> type | None:
     if task.params is not None:
         return None
     config = getattr(importlib.import_module(task.module), "Config", None)
-    if config is None or not dataclasses.is_dataclass(config):
+    if not isinstance(config, type) or not dataclasses.is_dataclass(config):
         raise GenerationError(
             f"task {task.name}: {task.module} has no Config dataclass; give it one, or list its parameters "
             "in shapebias/tasks.py (Task(params=(Param(...), ...)))"

@@ -22,6 +22,10 @@ import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from werkzeug.serving import WSGIRequestHandler
 
 os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"  # before moto reads its settings
 
@@ -73,11 +77,11 @@ def guard(app):
     return wrapped
 
 
-def handler_without_queries(base):
+def handler_without_queries(base: type[WSGIRequestHandler]) -> type[WSGIRequestHandler]:
     """moto's request handler, logging each request's path without its query string (a presigned
     URL's query holds the access key id)."""
 
-    class Handler(base):
+    class Handler(base):  # type: ignore[valid-type,misc]  # a class chosen at run time
         def log_request(self, code="-", size="-") -> None:
             self.log(
                 "info", '"%s %s" %s %s', self.command, self.path.split("?", 1)[0], getattr(code, "value", code), size

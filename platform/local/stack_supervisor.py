@@ -235,6 +235,11 @@ class Stack:
         for p in self._children.values():
             p.poll()
 
+    def _alive(self, name: str) -> bool:
+        """Whether ``name``'s process still runs (children that exited are reaped first)."""
+        self._reap()
+        return self.pid(name) is not None
+
     def base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_PREFIXES)}
         env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
@@ -311,7 +316,7 @@ class Stack:
                     name,
                     lambda: self.healthy(name),
                     svc.timeout,
-                    alive=lambda: (self._reap(), self.pid(name) is not None)[1],
+                    alive=lambda: self._alive(name),
                     log=self.logs / f"{name}.log",
                 )
                 break
