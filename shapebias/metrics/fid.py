@@ -8,7 +8,8 @@ with ``6726825d`` (the hash in the official file name) still works but is report
 *unverified* (:func:`weights_verified`), and the training job then logs the score as
 ``fid_unverified``, never as ``fid``.
 
-Protocols (:data:`PROTOCOLS`; the differences are listed in ``docs/fastgan.md``):
+Protocols (:data:`PROTOCOLS`, defined in :mod:`shapebias.metrics.fid_spec`; the differences are
+listed in ``docs/fastgan.md``):
 
 ``standard``  pytorch-fid's own pipeline: generated images and the reference set (the training
               folder resized bicubically to the generator's size) are written as PNG files and
@@ -31,7 +32,6 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 
 from shapebias.errors import ConfigError, WeightsError, check_choice
+from shapebias.metrics.fid_spec import PROTOCOLS, FidProtocol, get_protocol  # noqa: F401  (also importable here)
 
 if TYPE_CHECKING:
     from shapebias.metrics import fid_authors
@@ -48,31 +49,6 @@ INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_SHA256_PREFIX = "6726825d"
 INCEPTION_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + INCEPTION_FILE
 DIMS = 2048
-
-
-@dataclass(frozen=True)
-class FidProtocol:
-    name: str
-    n_samples: int  # generated images per evaluation (authors: rounded down to whole batches)
-    repeats: int  # evaluations per scoring; the best (lowest) is the score
-    every: int  # iterations between evaluations
-    pixels: str  # "png-files" (pytorch-fid) or "uint8[127,255]" (the authors' evaluator)
-    resize_filter: str  # how the reference images are resized to the generator's size
-    report: str = "best"  # the run's `fid` is the best of its evaluations
-
-    def params(self) -> dict[str, str]:
-        return {f"fid_protocol.{k}": str(v) for k, v in asdict(self).items() if k != "name"}
-
-
-PROTOCOLS = {
-    "standard": FidProtocol("standard", 5000, 1, 5000, "png-files", "bicubic"),
-    "authors": FidProtocol("authors", 3000, 3, 1000, "uint8[127,255]", "bilinear"),
-}
-
-
-def get_protocol(name: str) -> FidProtocol:
-    check_choice("fid_protocol", name, tuple(PROTOCOLS))
-    return PROTOCOLS[name]
 
 
 def hub_checkpoints_dir() -> Path:

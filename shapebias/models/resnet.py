@@ -20,32 +20,14 @@ Names of the parts follow torchvision's ``resnet.py`` (``conv1``, ``bn1``, ``lay
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from shapebias.errors import ConfigError, check_choice, check_fraction
+from shapebias.models.resnet_spec import SPARSITY, SPECS, STAGES, Spec, parse_layers  # noqa: F401  (also importable here)
 from shapebias.sparsity import TopK
-
-STAGES = ("layer1", "layer2", "layer3", "layer4")
-SPARSITY = ("none", "topk", "topk_mean")
-
-
-@dataclass(frozen=True)
-class Spec:
-    """What distinguishes the two ResNet-18 specifications."""
-
-    pool: str  # "flatten": average pooling by 4 / stem_stride, then flatten; "global": global average pooling
-    momentum: float
-    weight_decay: float
-
-
-SPECS: dict[str, Spec] = {
-    "code": Spec(pool="flatten", momentum=0.9, weight_decay=5e-4),
-    "paper": Spec(pool="global", momentum=0.0, weight_decay=0.0),
-}
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -89,17 +71,6 @@ def feature_size(image_size: int, stem_stride: int) -> int:
 def flatten_pool(stem_stride: int) -> int:
     """The ``code`` spec's pooling kernel after ``layer4``: 4 at stem stride 1, 2 at stride 2 (7x7 at 224 px)."""
     return 4 // stem_stride
-
-
-def parse_layers(topk_layers: str | Sequence[str]) -> tuple[str, ...]:
-    """``"layer2,layer3"`` or a sequence -> validated tuple of stage names."""
-    names = [s.strip() for s in topk_layers.split(",")] if isinstance(topk_layers, str) else list(topk_layers)
-    names = [n for n in names if n]
-    if not names:
-        raise ConfigError(f"topk_layers={topk_layers!r} names no stage; choose from: {', '.join(STAGES)}")
-    for name in names:
-        check_choice("topk_layers", name, STAGES)
-    return tuple(dict.fromkeys(names))
 
 
 class ResNet18(nn.Module):

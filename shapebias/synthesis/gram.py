@@ -7,9 +7,7 @@ import torch
 from shapebias.errors import check_choice
 from shapebias.sparsity import topk_mask
 from shapebias.synthesis.vgg import VGGFeatures
-
-MASKS = ("all", "topk", "complement")
-METHODS = ("texture", "inversion")
+from shapebias.synthesis_spec import MASKS, METHODS  # noqa: F401  (also importable here)
 
 
 def apply_mask(f: torch.Tensor, mask: str, k: float) -> torch.Tensor:

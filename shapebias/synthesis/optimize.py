@@ -19,9 +19,8 @@ import torch
 from shapebias.errors import ConfigError, DataError, check_choice, check_fraction
 from shapebias.synthesis.gram import MASKS, METHODS, range_penalty, synthesis_loss, target_statistics
 from shapebias.synthesis.vgg import VGGFeatures, min_image_size
+from shapebias.synthesis_spec import ITERATIONS_PER_STEP, STEPS
 
-STEPS = 100  # the authors' n_steps
-ITERATIONS_PER_STEP = 20  # the authors' max_iter
 LINE_SEARCH = "strong_wolfe"
 OPTIMIZER = "lbfgs-strong-wolfe"
 

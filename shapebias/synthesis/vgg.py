@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from shapebias.errors import ConfigError, WeightsError, check_choice
+from shapebias.synthesis_spec import DEFAULT_LAYERS
 
-DEFAULT_LAYERS = ("relu1_1", "pool1", "pool2", "pool3", "pool4")
 VGG19_FILE = "vgg19-dcbb9e9d.pth"  # torchvision's ImageNet VGG-19 (IMAGENET1K_V1)
 VGG19_URL = f"https://download.pytorch.org/models/{VGG19_FILE}"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

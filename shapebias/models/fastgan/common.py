@@ -8,27 +8,12 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from shapebias.errors import ConfigError
+from shapebias.models.fastgan_spec import NZ, SUPPORTED_SIZES, check_im_size  # noqa: F401  (also importable here)
 
-SUPPORTED_SIZES = (64, 128, 256, 512, 1024)
-NZ = 256  # latent size of the authors' run scripts (``--nz`` default)
 # Generator channel multipliers per resolution (times ``ngf``), the authors' ``nfc_multi``.
 G_MULT = {4: 16, 8: 8, 16: 4, 32: 2, 64: 2, 128: 1, 256: 0.5, 512: 0.25, 1024: 0.125}
 # The discriminator's own table (times ``ndf``): 16x wider at 8, 8x at 16, 4x at 32.
 D_MULT = {4: 16, 8: 16, 16: 8, 32: 4, 64: 2, 128: 1, 256: 0.5, 512: 0.25, 1024: 0.125}
-
-
-def check_im_size(im_size) -> int:
-    try:
-        size = int(float(im_size))
-    except (TypeError, ValueError):
-        size = -1
-    if size not in SUPPORTED_SIZES:
-        raise ConfigError(
-            f"im_size={im_size!r} is not supported by the FastGAN architecture; "
-            f"choose one of: {', '.join(map(str, SUPPORTED_SIZES))}"
-        )
-    return size
 
 
 def small_size(im_size: int) -> int:

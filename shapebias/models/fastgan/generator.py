@@ -34,15 +34,9 @@ from shapebias.models.fastgan.common import (
     small_size,
     up_block,
 )
+from shapebias.models.fastgan_spec import SPARSITY, SPARSITY_MODES, TOPK_RESOLUTION
 from shapebias.sparsity import TopK
 
-# Sparsity after the 32x32 feature map -> shapebias.sparsity mode. ``topk`` is the authors'
-# ``TopKMaskHW`` (largest |x|, max(1, int(k * H * W)) positions per channel), what their run
-# scripts use; ``topk_mean_raw`` is their ``TopKMaskHWMeanReplace`` (largest raw x, each kept
-# position gets the mean of the kept values).
-SPARSITY_MODES = {"none": None, "topk": "topk", "topk_mean_raw": "topk_mean_raw"}
-SPARSITY = tuple(SPARSITY_MODES)
-TOPK_RESOLUTION = 32
 TANH_FROM = 1024  # the authors' generator applies tanh only at 1,024 px
 
 

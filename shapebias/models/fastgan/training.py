@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shapebias.errors import ConfigError, WeightsError, check_choice
-
-AUGMENT = "color,translation"
+from shapebias.models.fastgan_spec import AUGMENT, RECON_LOSSES
 
 
 def diff_augment(x: torch.Tensor, policy: str = AUGMENT) -> torch.Tensor:
@@ -99,7 +98,6 @@ def perturb(model: nn.Module, eps: float, generator: torch.Generator | None = No
         p.add_((noise - 0.5) * 2 * eps)
 
 
-RECON_LOSSES = ("lpips", "l1")
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's ImageNet VGG-16, which LPIPS builds on
 
 
