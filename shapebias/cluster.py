@@ -105,8 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="RayJob name (default: <release>-<experiment>-<random>)")
     p.add_argument("--dry-run", action="store_true", help="print the RayJob as YAML and create nothing")
     p.add_argument("--wait", action="store_true", help="follow the RayJob to the end; print the MLflow run's address")
-    p.add_argument("--poll", type=float, default=10.0, help="seconds between status checks with --wait")
-    p.add_argument("--timeout", type=float, default=0.0, help="give up waiting after this many seconds (0: never)")
+    p.add_argument(
+        "--poll", type=float, default=10.0, help="seconds between status checks with --wait (default: %(default)s)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=0.0,
+        help="give up waiting after this many seconds, 0: never (default: %(default)s)",
+    )
     p.add_argument(
         "--mlflow-uri",
         default=os.environ.get("MLFLOW_TRACKING_URI"),

@@ -37,15 +37,14 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
-
-import mlflow
-from mlflow.entities import Metric, RunStatus
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING, Any
 
 from shapebias import integrity, tasks
 from shapebias.errors import ShapebiasError
 from shapebias.settings import REPO_ROOT
+
+if TYPE_CHECKING:  # mlflow is imported where it is used: the jobs' --help must not wait for it
+    import mlflow
 
 TASK_TAG = "shapebias.task"
 TASKS = tasks.TRACKED  # the tasks that log an MLflow run (shapebias/tasks.py)
@@ -155,6 +154,8 @@ def default_experiment(task: str) -> str:
 
 def _choose_experiment(task: str, experiment: str | None) -> None:
     """Before a new run: the experiment asked for, else the environment's, else the task's own."""
+    import mlflow
+
     if experiment:
         mlflow.set_experiment(experiment)
     elif not (os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_ID")):
@@ -163,12 +164,15 @@ def _choose_experiment(task: str, experiment: str | None) -> None:
 
 def describe_run(text: str) -> None:
     """The active run's description (the MLflow UI's "Description")."""
+    import mlflow
+
     mlflow.set_tag(NOTE_TAG, text)
 
 
 def log_dataset(frame, *, name: str, digest: str, context: str, source: str | None = None) -> None:
     """A dataset input of the active run: one row per sample (``pandas.DataFrame``), named, with the
     data fingerprint as its digest and ``context`` ``training`` or ``evaluation``."""
+    import mlflow
     from mlflow.data.pandas_dataset import from_pandas
 
     # from_pandas defaults source to None (the run's code location) but annotates it without None.
@@ -186,6 +190,8 @@ class RunRef:
 
 
 def current_ref() -> RunRef:
+    import mlflow
+
     run = mlflow.active_run()
     if run is None:
         raise RuntimeError("no active MLflow run")
@@ -194,6 +200,8 @@ def current_ref() -> RunRef:
 
 def worker_env() -> dict[str, str]:
     """Environment variables to hand to Ray workers through ``runtime_env``."""
+    import mlflow
+
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
     return env
@@ -207,6 +215,8 @@ class MetricLogger:
     """
 
     def __init__(self, ref: RunRef) -> None:
+        from mlflow.tracking import MlflowClient
+
         self.ref = ref
         self.client = MlflowClient(ref.tracking_uri)
         self._seen: dict[str, set[int]] = {}
@@ -218,6 +228,8 @@ class MetricLogger:
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         import time
+
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(key, float(value), now, step) for key, value in metrics.items() if step not in self._steps(key)]
@@ -255,6 +267,9 @@ def tracked_run(
     exception marks the run FAILED (message in tag ``shapebias.error``); SIGTERM, SIGHUP and
     Ctrl-C mark it KILLED (tag ``shapebias.terminated``). Nothing already logged is lost.
     """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}")
     uri = integrity.open_store(mlflow.get_tracking_uri())
@@ -288,6 +303,9 @@ def tracked_run(
 
 def _end_failed(exc: BaseException) -> None:
     """Mark the active run KILLED (terminated by a signal or Ctrl-C) or FAILED, with the reason."""
+    import mlflow
+    from mlflow.entities import RunStatus
+
     signum = integrity.terminated_by()
     killed = signum is not None or isinstance(exc, KeyboardInterrupt)
     reason = str(integrity.Terminated(signum)) if signum is not None else "interrupted (KeyboardInterrupt)"
@@ -300,6 +318,8 @@ def _end_failed(exc: BaseException) -> None:
 
 
 def ui_command() -> str:
+    import mlflow
+
     uri = mlflow.get_tracking_uri()
     if uri.startswith(("http://", "https://")):
         return f"open {uri}"

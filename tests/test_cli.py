@@ -76,6 +76,43 @@ def test_help_and_version_import_nothing_heavy():
     assert proc.stdout.splitlines()[0] == f"shapebias {__version__}"
 
 
+HEAVY = (
+    "torch",
+    "torchvision",
+    "mlflow",
+    "ray",
+    "numpy",
+    "pandas",
+    "scipy",
+    "matplotlib",
+    "PIL",
+    "kubernetes",
+    "skimage",
+)
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_command_help_shows_defaults_and_imports_nothing_heavy(command):
+    """Every job and tool answers ``--help`` from its own module without the heavy libraries."""
+    module = cli.COMMANDS[command][0]
+    code = (
+        "import importlib, sys\n"
+        f"module = importlib.import_module({module!r})\n"
+        "try:\n"
+        "    rc = module.main(['--help'])\n"
+        "except SystemExit as exc:\n"
+        "    rc = exc.code\n"
+        f"print('LOADED', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    help_text, _, loaded = proc.stdout.rpartition("LOADED")
+    assert f"usage: shapebias {command}" in help_text
+    assert "(default:" in help_text
+    assert eval(loaded) == [], f"{module} imports {eval(loaded)} before --help answers"
+
+
 def test_unknown_command_is_one_error_line():
     proc, _ = _run_cli("train_resnet")
     assert proc.returncode == 2

@@ -17,12 +17,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shapebias.errors import DataError
 from shapebias.integrity import open_store
-from shapebias.report import Report, Run, build_report, render_text, write_outputs
 from shapebias.tracking import cli_main, tracked_run, ui_command
 from training import cliargs
+
+if TYPE_CHECKING:  # the report (pandas) is imported where it is used: --help answers without it
+    from shapebias.report import Report, Run
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -91,6 +94,8 @@ def search_runs(client, experiments: dict[str, str], page_size: int = 10000) -> 
     """Any tracking store, through the public search API, page by page."""
     from mlflow.entities import ViewType
 
+    from shapebias.report import Run
+
     runs: list[Run] = []
     token = None
     while True:
@@ -134,6 +139,8 @@ def read_runs_sql(client, experiments: dict[str, str]) -> list[Run] | None:
         store = _get_store(client.tracking_uri)
     except Exception:  # noqa: BLE001 - private API moved: the public one still works
         return None
+    from shapebias.report import Run
+
     if not isinstance(store, SqlAlchemyStore):
         return None
     ids = [int(i) for i in experiments]
@@ -183,6 +190,8 @@ def report_dir(base: Path | None, name: str) -> Path:
 
 
 def build(client, names: list[str], exclude: str = "") -> tuple[Report, list[str], dict[str, float]]:
+    from shapebias.report import build_report
+
     t0 = time.perf_counter()
     runs, warnings = read_runs(client, names)
     runs = [r for r in runs if r.run_id != exclude]
@@ -195,10 +204,12 @@ def build(client, names: list[str], exclude: str = "") -> tuple[Report, list[str
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)  # before the heavy imports: --help answers at once
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    args = parse_args(argv)
+    from shapebias.report import render_text, write_outputs
+
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
     names = experiment_names(args.experiment)

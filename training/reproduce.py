@@ -30,15 +30,17 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from shapebias import protocols, settings, tasks
 from shapebias.errors import ConfigError, DataError, check_choice
 from shapebias.integrity import is_live, open_store
-from shapebias.report import runs as report_runs
-from shapebias.report.runs import Run
 from shapebias.tracking import FORWARDED_ENV, cli_main
 from training import cliargs
 from training.cliargs import split_args
+
+if TYPE_CHECKING:  # the report (pandas) is imported where it is used: --help answers without it
+    from shapebias.report.runs import Run
 
 TABLES = ("table1", "table2", "shape_bias", "synthetic")  # synthetic: the study (training/study.py)
 DEFAULT_SEEDS = {"table1": ("0", "1", "2"), "table2": ("0",)}  # the prior reproduction's runs per cell
@@ -107,7 +109,8 @@ def grid(
     scale: str = "full",
 ) -> list[Cell]:
     """The cells x seeds a table needs (the published grid unless narrowed), at ``scale``."""
-    n = report_runs.canonical_value
+    from shapebias.report.runs import canonical_value as n
+
     check_choice("table", table, TABLES)
     check_choice("scale", scale, tuple(SCALES))
     chosen = protocols.for_table(table)
@@ -143,6 +146,8 @@ def place_of(run: Run, table: str, scale: str) -> tuple | None:
     A run counts for the cell of the protocol it claims when its settings equal that protocol's
     (at ``scale``: the smoke settings); a shape-bias run has no seed.
     """
+    from shapebias.report.runs import canonical_value
+
     claimed = protocols.claim_of(run.tags, run.params)
     p = protocols.REGISTRY.get(claimed)
     if p is None or p.table != table or run.task != p.task:
@@ -151,7 +156,7 @@ def place_of(run: Run, table: str, scale: str) -> tuple | None:
     rules = protocols.TASKS[p.task]
     if rules.effective({**run.params}) != rules.effective(target):
         return None
-    return claimed, "" if p.task == "shape_bias" else report_runs.canonical_value(run.params.get("seed", ""))
+    return claimed, "" if p.task == "shape_bias" else canonical_value(run.params.get("seed", ""))
 
 
 @dataclasses.dataclass
@@ -163,8 +168,10 @@ class Status:
 
 def status(cells: Sequence[Cell], runs: Iterable[Run], scale: str = "full") -> list[Status]:
     """Which cells x seeds are done (a FINISHED run with the metrics), unfinished, or missing."""
+    from shapebias.report.runs import SPEC_OF_TABLE
+
     table = cells[0].table if cells else "table1"
-    metrics = report_runs.SPEC_OF_TABLE[table].metrics
+    metrics = SPEC_OF_TABLE[table].metrics
     done: dict[tuple, str] = {}
     unfinished: dict[tuple, Run] = {}
     for run in runs:
@@ -407,10 +414,10 @@ def _synthetic_study(args: argparse.Namespace) -> int:
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)  # before the heavy imports: --help answers at once
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    args = parse_args(argv)
     check_choice("table", args.table, TABLES)
     if args.table == "synthetic":
         return _synthetic_study(args)

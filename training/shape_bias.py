@@ -21,17 +21,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import mlflow
-import torch
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
 from shapebias import protocols, settings, tracking
-from shapebias.data import cue_conflict
 from shapebias.errors import ConfigError, check_choice, check_fraction
 from shapebias.metrics import shape_bias as sb
-from shapebias.metrics.imagenet16 import decisions_from_logits
-from shapebias.models import pretrained
+from shapebias.models.pretrained_spec import MODELS
 from shapebias.plots import (
     DecisionMaker,
     figure_curves,
@@ -41,6 +36,11 @@ from shapebias.plots import (
 )
 from training.cliargs import parser_from_config, setting, to_int
 from training.cliargs import unquote as _unquote
+
+if TYPE_CHECKING:  # torch is imported where it is used: --help answers without it
+    import torch
+
+    from shapebias.data import cue_conflict
 
 TASK = "shape_bias"
 SPARSITIES = ("none", "topk", "complement")
@@ -54,7 +54,7 @@ class Config:
     protocol: str = setting(
         "", "published level(s) to repeat, comma-separated for a sweep (`shapebias protocols fig1`)"
     )
-    model: str = setting("alexnet", "ImageNet model scored on cue-conflict", pretrained.MODELS)
+    model: str = setting("alexnet", "ImageNet model scored on cue-conflict", MODELS)
     sparsity: str = setting("topk", "Top-K at inference, or its complement", SPARSITIES)
     topk: str = setting(
         "0.05,0.1,0.2,0.3,0.4,0.5", "fraction kept per channel, or a comma-separated sweep (1.0 = dense)"
@@ -114,12 +114,16 @@ def parse_levels(sparsity: str, topk: str) -> list[float]:
 
 def level_label(model: str, sparsity: str, k: float) -> str:
     """Decision-maker name in model-vs-human style: ``alexnet_topk_10``, ``vgg16_normal``."""
+    from shapebias.models import pretrained
+
     if pretrained.is_dense(sparsity, k):
         return f"{model}_normal"
     return f"{model}_{sparsity}_{k * 100:g}"
 
 
 def select_device(name: str) -> torch.device:
+    import torch
+
     check_choice("device", name, ("auto", "cpu", "cuda"))
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -130,24 +134,39 @@ def select_device(name: str) -> torch.device:
 
 def load_images(images: list[cue_conflict.CueConflictImage]) -> torch.Tensor:
     """All images as one uint8 tensor (1,280 x 3 x 224 x 224 is 193 MB): decoded once per job."""
+    import torch
+    from tqdm import tqdm
+
+    from shapebias.data import cue_conflict
+
     loader = torch.utils.data.DataLoader(cue_conflict.CueConflictDataset(images), batch_size=64)
     batches = [x for x, _ in tqdm(loader, desc="loading cue-conflict images", unit="batch")]
     return torch.cat(batches)
 
 
-@torch.inference_mode()
 def decide(model: torch.nn.Module, pixels: torch.Tensor, batch_size: int, device: torch.device, desc: str) -> list[str]:
     """Batched inference -> model-vs-human's 16-class decision per image."""
-    model = model.to(device).eval()
-    decisions: list[str] = []
-    for start in tqdm(range(0, len(pixels), batch_size), desc=desc, unit="batch"):
-        x = cue_conflict.normalize(pixels[start : start + batch_size].to(device))
-        decisions += decisions_from_logits(model(x).float().cpu())
+    import torch
+    from tqdm import tqdm
+
+    from shapebias.data import cue_conflict
+    from shapebias.metrics.imagenet16 import decisions_from_logits
+
+    with torch.inference_mode():
+        model = model.to(device).eval()
+        decisions: list[str] = []
+        for start in tqdm(range(0, len(pixels), batch_size), desc=desc, unit="batch"):
+            x = cue_conflict.normalize(pixels[start : start + batch_size].to(device))
+            decisions += decisions_from_logits(model(x).float().cpu())
     return decisions
 
 
 def evaluate_level(cfg: dict, dense: torch.nn.Module, pixels: torch.Tensor, images, reference, out: Path) -> dict:
     """Evaluate one level inside the active run: metrics, decisions CSV, plots."""
+    import mlflow
+
+    from shapebias.models import pretrained
+
     k, sparsity, model_name = cfg["topk"], cfg["sparsity"], cfg["model"]
     subj = level_label(model_name, sparsity, k) + ("_" + RANDOM_PREFIX if cfg["random"] else "")
     net = pretrained.with_sparsity(dense, model_name, sparsity, k)
@@ -184,6 +203,11 @@ def evaluate_level(cfg: dict, dense: torch.nn.Module, pixels: torch.Tensor, imag
 @tracking.cli_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import mlflow
+
+    from shapebias.data import cue_conflict
+    from shapebias.models import pretrained
+
     weights = args.weights
     is_random = weights == "random"
     levels_text = str(args.topk)

@@ -31,15 +31,18 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shapebias import protocols, settings
 from shapebias.errors import ConfigError
 from shapebias.protocols import synthetic
-from shapebias.report.runs import PARENT_TAG, Run, canonical_value
 from shapebias.tracking import ERROR_TAG, TASK_TAG, cli_main, flatten, git_commit, provenance_tags
+from training import cliargs
 from training.cliargs import unquote
 from training.train_resnet import TASK, Config
+
+if TYPE_CHECKING:  # the report (pandas) is imported where it is used: --help answers without it
+    from shapebias.report.runs import Run
 
 STUDY_TAG = "shapebias.study"  # "synthetic" on the parent and its children
 OVERRIDES_TAG = "shapebias.study_overrides"  # the --set text that identifies a parent ("" = the protocols)
@@ -86,6 +89,8 @@ def parse_overrides(text: str) -> dict[str, Any]:
 
 
 def overrides_text(overrides: Mapping[str, Any]) -> str:
+    from shapebias.report.runs import canonical_value
+
     return ",".join(f"{k}={canonical_value(v)}" for k, v in sorted(overrides.items()))
 
 
@@ -170,6 +175,8 @@ def train(cfg: dict[str, Any], data) -> dict[str, Any]:
 
 
 def to_run(r) -> Run:
+    from shapebias.report.runs import Run
+
     return Run(
         run_id=r.info.run_id,
         params=dict(r.data.params),
@@ -199,6 +206,8 @@ def find_parent(client, experiment_id: str, overrides: str):
 
 
 def children(client, experiment_id: str, parent_id: str) -> list[Run]:
+    from shapebias.report.runs import PARENT_TAG
+
     out, token = [], None
     while True:
         page = client.search_runs(
@@ -212,7 +221,7 @@ def children(client, experiment_id: str, parent_id: str) -> list[Run]:
 
 def done_runs(planned: Sequence[Planned], runs: Sequence[Run]) -> dict[tuple[str, str], Run]:
     """Planned key -> the earliest FINISHED child with that fingerprint, seed and every study metric."""
-    from shapebias.report.runs import STUDY
+    from shapebias.report.runs import STUDY, canonical_value
 
     wanted = {p.key for p in planned}
     out: dict[tuple[str, str], Run] = {}
@@ -228,6 +237,8 @@ def log_child(
 ) -> str:
     """One finished (or failed) run of the study, logged from the driver with the train_resnet schema."""
     from mlflow.entities import Metric, Param
+
+    from shapebias.report.runs import PARENT_TAG
 
     params = dataclasses.asdict(p.cfg)
     check = protocols.check(TASK, p.protocol, params)
@@ -323,9 +334,13 @@ def launch(todo: Sequence[Planned], where: str, on_result: Callable[[Planned, di
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="shapebias synthetic-study", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="shapebias synthetic-study",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=cliargs.DefaultsFormatter,
+    )
     ap.add_argument("--experiment", default="synthetic-study", help="MLflow experiment of the study's runs")
-    ap.add_argument("--seeds", default="", help="comma-separated seeds (default 0..7)")
+    ap.add_argument("--seeds", default="", help="comma-separated seeds (default: 0..7)")
     ap.add_argument("--variants", default="", help="comma-separated synthetic.* protocols (default: all nine)")
     ap.add_argument(
         "--set",

@@ -34,15 +34,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
-import numpy as np
-import torch
-
-from shapebias import synthesis, tracking
+from shapebias import synthesis_spec, tracking
 from shapebias.errors import ConfigError, check_choice, check_fraction
 from training.cliargs import parser_from_config, setting, to_int
 from training.cliargs import unquote as _unquote
+
+if TYPE_CHECKING:  # numpy and torch are imported where they are used: --help answers without them
+    import numpy as np
 
 TASK = "texture_synthesis"
 RANDOM_PREFIX = "RANDOM-WEIGHTS"
@@ -57,15 +57,15 @@ class Config:
         "skimage:chelsea", "an image file, a folder of images, or skimage:NAME (chelsea is the cat photo)"
     )
     image_size: str = setting("256", "side of the square working image, px")
-    steps: str = setting(str(synthesis.STEPS), "outer L-BFGS steps per image and mask (authors: 100)")
+    steps: str = setting(str(synthesis_spec.STEPS), "outer L-BFGS steps per image and mask (authors: 100)")
     iterations_per_step: str = setting(
-        str(synthesis.ITERATIONS_PER_STEP), "L-BFGS iterations per step, strong-Wolfe line search (authors: 20)"
+        str(synthesis_spec.ITERATIONS_PER_STEP), "L-BFGS iterations per step, strong-Wolfe line search (authors: 20)"
     )
     weights: str = setting("pretrained", "pretrained | random | /path/to/vgg19-dcbb9e9d.pth")
     topk: str = setting("0.05", "fraction of positions kept per channel, (0, 1]")
-    method: str = setting("texture", "texture synthesis or feature inversion", synthesis.METHODS)
+    method: str = setting("texture", "texture synthesis or feature inversion", synthesis_spec.METHODS)
     layers: str = setting(
-        ",".join(synthesis.DEFAULT_LAYERS), "VGG-19 layers, comma-separated (conv/relu<b>_<i>, pool<b>)"
+        ",".join(synthesis_spec.DEFAULT_LAYERS), "VGG-19 layers, comma-separated (conv/relu<b>_<i>, pool<b>)"
     )
     seed: str = setting("0", "seed of the noise start (and of random weights)")
     device: str = setting("auto", "where to run", ("auto", "cpu", "cuda"))
@@ -89,6 +89,8 @@ def _files(image: str) -> list[Path]:
 
 def _layers(text: str) -> str:
     """The layers as the network will use them (network order, no duplicates), or the text if invalid."""
+    from shapebias import synthesis
+
     try:
         return ",".join(synthesis.check_layers(text))
     except ConfigError:
@@ -106,6 +108,8 @@ def _whole(text: str) -> str:
 
 def config_from_args(args: argparse.Namespace) -> dict:
     """The run's configuration as plain data (also what is logged as params)."""
+    from shapebias import synthesis
+
     return {
         "image": _unquote(args.image),
         "image_size": _unquote(args.image_size),
@@ -126,6 +130,10 @@ def config_from_args(args: argparse.Namespace) -> dict:
 
 def validate(cfg: dict) -> dict:
     """Typed values, or ConfigError naming the bad value and what is accepted."""
+    import torch
+
+    from shapebias import synthesis
+
     check_choice("method", cfg["method"], synthesis.METHODS)
     check_choice("device", cfg["device"], ("auto", "cpu", "cuda"))
     layers = synthesis.check_layers(cfg["layers"])
@@ -160,6 +168,7 @@ def check_ran_as_logged(cfg: dict, settings: dict) -> None:
 
 
 def save_png(path: Path, image: np.ndarray) -> None:
+    import numpy as np
     from PIL import Image
 
     Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(path)
@@ -209,6 +218,11 @@ def figure_losses(path: Path, curves: dict, title: str) -> None:
 @tracking.cli_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import mlflow
+    import numpy as np
+
+    from shapebias import synthesis
+
     cfg = config_from_args(args)
     is_random = cfg["weights"] == "random"
     name = f"texture_synthesis {cfg['method']} k={cfg['topk']} {cfg['image']}"

@@ -36,12 +36,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from shapebias import protocols
 from shapebias.errors import ConfigError, ShapebiasError, check_choice, check_fraction, check_limits
-from shapebias.metrics.fid import PROTOCOLS
-from shapebias.models import fastgan as fg
+from shapebias.metrics.fid_spec import PROTOCOLS, get_protocol
+from shapebias.models import fastgan_spec
 from training.cliargs import check_numbers, parser_from_config, resolve_config, setting
 
 TASK = "train_fastgan"
@@ -57,14 +55,18 @@ class Config:
     )
     data_dir: str = setting("", "a flat folder of images (e.g. a 100-image set)")
     dataset: str = setting("", "the few-shot set's name (empty: the folder name of data_dir)")
-    im_size: int = setting(256, "image size", fg.SUPPORTED_SIZES)
+    im_size: int = setting(256, "image size", fastgan_spec.SUPPORTED_SIZES)
     iterations: int = setting(100000, "training iterations (authors: 100000)")
     batch_size: int = setting(8, "images per step")
-    sparsity: str = setting("topk", "sparsity after the 32x32 feature map (topk: the authors' TopKMaskHW)", fg.SPARSITY)
+    sparsity: str = setting(
+        "topk", "sparsity after the 32x32 feature map (topk: the authors' TopKMaskHW)", fastgan_spec.SPARSITY
+    )
     topk: float = setting(0.05, "fraction kept, (0, 1]; authors: 0.05 (0.15 for table)")
     noise_injection: bool = setting(False, "the generator's noise injection")
     recon_loss: str = setting(
-        "lpips", "reconstruction loss: lpips (authors; needs VGG-16 weights) or l1 (substitute)", fg.RECON_LOSSES
+        "lpips",
+        "reconstruction loss: lpips (authors; needs VGG-16 weights) or l1 (substitute)",
+        fastgan_spec.RECON_LOSSES,
     )
     fid_every: int = setting(
         -1, "iterations between FIDs; -1 = the FID protocol's (standard 5000, authors 1000); 0 = no FID"
@@ -97,8 +99,6 @@ class Config:
         """Iterations between FID evaluations (0: none)."""
         if self.fid_every >= 0:
             return self.fid_every
-        from shapebias.metrics.fid import get_protocol
-
         return get_protocol(self.fid_protocol).every
 
     def validate(self) -> Config:
@@ -106,10 +106,10 @@ class Config:
         check_numbers(self)
         if self.protocol:
             protocols.get(self.protocol, TASK)
-        self.im_size = fg.check_im_size(self.im_size)
-        check_choice("sparsity", self.sparsity, fg.SPARSITY)
+        self.im_size = fastgan_spec.check_im_size(self.im_size)
+        check_choice("sparsity", self.sparsity, fastgan_spec.SPARSITY)
         self.topk = check_fraction("topk", self.topk)
-        check_choice("recon_loss", self.recon_loss, fg.RECON_LOSSES)
+        check_choice("recon_loss", self.recon_loss, fastgan_spec.RECON_LOSSES)
         check_choice("fid_protocol", self.fid_protocol, tuple(PROTOCOLS))
         for name in ("iterations", "batch_size", "width", "checkpoint_every"):
             if getattr(self, name) < 1:
@@ -139,8 +139,8 @@ class Config:
         p = dataclasses.asdict(self)
         p["noise_injection"] = "true" if self.noise_injection else "false"
         p["dataset"] = self.set_name()
-        p["nz"] = fg.NZ
-        p["augment"] = fg.AUGMENT
+        p["nz"] = fastgan_spec.NZ
+        p["augment"] = fastgan_spec.AUGMENT
         if self.fid_protocol in PROTOCOL_NAMES:  # what runs: the protocol's interval and count unless set
             p["fid_every"] = self.fid_interval()
             p["fid_samples"] = self.fid_samples or PROTOCOLS[self.fid_protocol].n_samples
@@ -193,6 +193,7 @@ def check_inputs(cfg: Config) -> dict[str, str]:
     """Validate everything a run needs before Ray starts; returns the tags to set."""
     from shapebias import tracking
     from shapebias.data.few_shot import list_images
+    from shapebias.models import fastgan as fg
 
     cfg.validate()
     files = list_images(cfg.data_dir)
@@ -218,9 +219,9 @@ def check_inputs(cfg: Config) -> dict[str, str]:
 def run(cfg: Config, run_id: str | None = None) -> str:
     """Run (or resume) one FastGAN job; returns the MLflow run id."""
     import mlflow
+    import torch
 
     from shapebias import tracking
-    from shapebias.metrics.fid import get_protocol
     from training import fastgan_worker
     from training.raytools import init_ray, make_trainer, storage_location
 
@@ -282,7 +283,9 @@ def run(cfg: Config, run_id: str | None = None) -> str:
 def log_final(cfg: Config, state: dict[str, Any], fid_key: str) -> dict[str, float]:
     """Best FID (as the last point of the curve), a final grid and the EMA generator."""
     import mlflow
+    import torch
 
+    from shapebias.models import fastgan as fg
     from training.fastgan_worker import fixed_latents, grid_image
 
     summary: dict[str, float] = {

@@ -36,11 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from typing import TYPE_CHECKING, Any
 
 from shapebias import protocols
 from shapebias.errors import (
@@ -53,9 +49,14 @@ from shapebias.errors import (
     check_limits,
 )
 from shapebias.metrics.shape_bias import shape_bias_score
-from shapebias.models.resnet import SPARSITY, SPECS, parse_layers, resnet18, sgd
+from shapebias.models.resnet_spec import SPARSITY, SPECS, parse_layers
 from training.cliargs import check_numbers, parser_from_config, resolve_config, setting
 from training.raytools import progress as _progress
+
+if TYPE_CHECKING:  # torch is imported where it is used: --help answers without it
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, Dataset
 
 TASK = "train_resnet"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -132,6 +133,8 @@ class Config:
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    from shapebias.models.resnet import resnet18
+
     return resnet18(
         num_classes=num_classes,
         spec=cfg.model_spec,
@@ -191,6 +194,8 @@ def train_epoch(
     desc: str = "train",
 ) -> tuple[float, float]:
     """One pass over ``loader``; returns (mean loss, accuracy) over the samples seen here."""
+    from torch import nn
+
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     for x, y in _progress(loader, desc=desc, enabled=progress):
@@ -206,17 +211,22 @@ def train_epoch(
     return loss_sum / max(seen, 1), correct / max(seen, 1)
 
 
-@torch.no_grad()
 def predict(
     model: nn.Module, data: Dataset, device: torch.device, batch_size: int = 256, workers: int = 0
 ) -> torch.Tensor:
+    import torch
+    from torch.utils.data import DataLoader
+
     model.eval()
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers)
-    return torch.cat([model(x.to(device)).argmax(1).cpu() for x, _ in loader])
+    with torch.no_grad():
+        return torch.cat([model(x.to(device)).argmax(1).cpu() for x, _ in loader])
 
 
 def evaluate(model: nn.Module, data: dict[str, Dataset], device: torch.device, workers: int = 0) -> dict[str, float]:
     """``test_acc`` on ``original``, ``stylized_acc`` and ``shape_bias`` where those splits exist."""
+    import torch
+
     out = {}
     for split, key in (("original", "test_acc"), ("stylized", "stylized_acc")):
         if split in data:
@@ -247,8 +257,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train loop: resume from the last checkpoint, one report (with checkpoint) per epoch."""
     import ray.train
     import ray.train.torch
+    import torch
     from ray.train import Checkpoint
+    from torch.utils.data import DataLoader
 
+    from shapebias.models.resnet import sgd
     from shapebias.tracking import MetricLogger
 
     cfg = Config(**config["cfg"])
@@ -398,6 +411,7 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
     else ``shapebias-train_resnet``; under ``mlflow run`` to the one ``--experiment-name`` chose.
     """
     import mlflow
+    import torch
 
     from shapebias import tracking
     from training import resnet_record

@@ -201,7 +201,7 @@ def describe() -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="shapebias data", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="action")
+    sub = parser.add_subparsers(dest="action", help="what to do (default: list)")
     sub.add_parser("list", help="list the data sets that can be fetched (the default)")
     p_fetch = sub.add_parser("fetch", help="download, check and extract a data set")
     p_fetch.add_argument("name", help=f"one of: {', '.join(SOURCES)}")

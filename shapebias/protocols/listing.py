@@ -36,7 +36,12 @@ def detail(p: Protocol) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="shapebias protocols", description=__doc__.split("\n\n")[0])
-    ap.add_argument("name", nargs="?", default="", help="a protocol, or the start of names (table1, fig1.alexnet)")
+    ap.add_argument(
+        "name",
+        nargs="?",
+        default="",
+        help="a protocol, or the start of names, e.g. table1, fig1.alexnet (default: all)",
+    )
     args = ap.parse_args(argv)
     if args.name in REGISTRY:
         print(detail(REGISTRY[args.name]))
