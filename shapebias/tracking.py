@@ -35,6 +35,7 @@ import os
 import subprocess
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -175,8 +176,10 @@ def log_dataset(frame, *, name: str, digest: str, context: str, source: str | No
     import mlflow
     from mlflow.data.pandas_dataset import from_pandas
 
-    # from_pandas defaults source to None (the run's code location) but annotates it without None.
-    dataset = from_pandas(frame, source=source, name=name, digest=digest)  # type: ignore[arg-type]
+    with warnings.catch_warnings():  # a local folder matches MLflow's two local resolvers; it picks one, rightly
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        # from_pandas defaults source to None (the run's code location) but annotates it without None.
+        dataset = from_pandas(frame, source=source, name=name, digest=digest)  # type: ignore[arg-type]
     mlflow.log_input(dataset, context=context)
 
 

@@ -129,6 +129,10 @@ def test_tiny_run_logs_everything_and_resumes(mlflow_store, tmp_path, tiny_set, 
         assert "fid" not in run.data.metrics and "fid_unverified" in run.data.metrics
         assert run.data.tags["shapebias.weights"] == "unverified" and run.info.run_name.endswith("-unverified-fid")
         assert [m.step for m in client.get_metric_history(rid, "loss_g")] == [1, 2]
+        assert run.data.tags["mlflow.note.content"].startswith("FastGAN at ")
+        assert "topk k=0.05" in run.data.tags["mlflow.note.content"]
+        (data,) = client.get_run(rid).inputs.dataset_inputs
+        assert data.dataset.name == "tiny" and data.dataset.digest == run.data.tags["shapebias.data_fingerprint"]
         curve = client.get_metric_history(rid, "fid_unverified")
         assert [m.step for m in curve] == [2, 3]  # the evaluation, then the best as the last point
         arts = {a.path for d in ("samples", "model") for a in client.list_artifacts(rid, d)}

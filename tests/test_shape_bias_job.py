@@ -73,6 +73,11 @@ def test_single_level_random_weights_run(mlflow_store, tiny_set, tmp_path, capsy
     assert {"shape_bias", "shape_acc", "texture_acc", "accuracy_16"} <= set(m)
     assert all(0.0 <= m[k] <= 1.0 for k in ("shape_acc", "texture_acc", "accuracy_16"))
     client = MlflowClient(mlflow_store)
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("alexnet with random weights") and "k = 0.1" in note and "16 cue-conflict images" in note
+    (data,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+    assert data.dataset.name == "cue-conflict" and data.dataset.digest == run.data.tags["shapebias.data_fingerprint"]
+    assert {t.key: t.value for t in data.tags}["mlflow.data.context"] == "evaluation"
     assert artifacts(client, run.info.run_id, "plots") == [
         "plots/shape_bias_by_category.png",
         "plots/shape_bias_curve.png",

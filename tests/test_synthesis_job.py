@@ -44,6 +44,10 @@ def test_random_weight_run_logs_grid_losses_and_one_structure_metric_per_mask(ml
     assert run.data.tags[tracking.WEIGHTS_TAG] == "random"
     assert run.data.tags["mlflow.runName"].startswith("RANDOM-WEIGHTS")
     assert run.data.params["topk"] == "0.2" and run.data.params["method"] == "texture"
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("Texture synthesis (texture) of 1 image(s) from skimage:chelsea") and "k = 0.2" in note
+    (data,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+    assert data.dataset.name == "targets:skimage:chelsea"
     metrics = run.data.metrics
     for mask in ("all", "topk", "complement", "noise"):
         assert -1.0 <= metrics[f"ssim_{mask}"] <= 1.0

@@ -121,6 +121,28 @@ def level_label(model: str, sparsity: str, k: float) -> str:
     return f"{model}_{sparsity}_{k * 100:g}"
 
 
+def description(model: str, weights: str, sparsity: str, levels: list[float], n: int, data_dir: Path, claim) -> str:
+    """One paragraph for the run's description: model and weights, sparsity and k, images, protocol."""
+    if sparsity == "none":
+        what = "dense (no Top-K)"
+    else:
+        what = f"{sparsity} at k = {', '.join(f'{k:g}' for k in levels)} (Top-K at inference)"
+    source = "random weights (pipeline check only)" if weights == "random" else f"{weights} weights"
+    protocol = claim.describe() if claim.on_protocol else f"off-protocol: {claim.describe()}"
+    return f"{model} with {source}, {what}, scored for shape bias on {n} cue-conflict images from {data_dir}. " + (
+        f"{protocol}."
+    )
+
+
+def log_images(images: list, fingerprint: str, data_dir: Path) -> None:
+    """The cue-conflict images as the run's evaluation input: one row per image (file, shape, texture)."""
+    import pandas as pd
+
+    rows = [{"file": im.imagename, "shape": im.shape, "texture": im.texture} for im in images]
+    frame = pd.DataFrame(rows, columns=["file", "shape", "texture"])
+    tracking.log_dataset(frame, name="cue-conflict", digest=fingerprint, context="evaluation", source=str(data_dir))
+
+
 def select_device(name: str) -> torch.device:
     import torch
 
@@ -234,8 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = cue_conflict.resolve_dir(args.data_dir)
         images = cue_conflict.scan(data_dir, limit=limit)
         pretrained.resolve_weights(model_name, weights)  # a missing file fails before any work
-        mlflow.set_tag("shapebias.data_fingerprint", cue_conflict.fingerprint(images))
+        fingerprint = cue_conflict.fingerprint(images)
+        mlflow.set_tag("shapebias.data_fingerprint", fingerprint)
         mlflow.set_tag("shapebias.data_dir", str(data_dir))
+        tracking.describe_run(description(model_name, weights, args.sparsity, levels, len(images), data_dir, claim))
+        log_images(images, fingerprint, data_dir)
 
         pixels = load_images(images)
         dense = pretrained.build(model_name, sparsity="none", weights=weights, seed=seed)

@@ -167,6 +167,17 @@ def check_ran_as_logged(cfg: dict, settings: dict) -> None:
         raise RuntimeError(f"the synthesis ran with other settings than logged (logged, ran): {differ}")
 
 
+def log_targets(image: str, targets: list, fingerprint: str) -> None:
+    """The target images as the run's input (one row per image: name and size)."""
+    import pandas as pd
+
+    # text columns only: MLflow's schema inference warns about integer columns
+    rows = [{"image": n, "size": f"{t.shape[1]}x{t.shape[0]} px"} for n, t in targets]
+    frame = pd.DataFrame(rows, columns=["image", "size"])
+    source = image if Path(image).exists() else None  # a built-in picture (skimage:NAME) has no resolvable source
+    tracking.log_dataset(frame, name=f"targets:{image}", digest=fingerprint, context="synthesis", source=source)
+
+
 def save_png(path: Path, image: np.ndarray) -> None:
     import numpy as np
     from PIL import Image
@@ -237,10 +248,16 @@ def main(argv: list[str] | None = None) -> int:
         if len({n for n, _ in targets}) != len(targets):
             targets = [(f"{i:03d}_{n}", im) for i, (n, im) in enumerate(targets)]
         model = synthesis.build_vgg19(cfg["weights"], v["layers"], seed=v["seed"]).to(v["device"])
-        mlflow.set_tag(
-            "shapebias.data_fingerprint", tracking.fingerprint_files(_files(cfg["image"]), extra=cfg["image"])
-        )
+        fingerprint = tracking.fingerprint_files(_files(cfg["image"]), extra=cfg["image"])
+        mlflow.set_tag("shapebias.data_fingerprint", fingerprint)
         label = "RANDOM VGG-19 weights (baseline, not the paper's network)" if is_random else "ImageNet VGG-19"
+        tracking.describe_run(
+            f"{'Texture synthesis' if cfg['method'] == 'texture' else 'Feature inversion'} ({cfg['method']}) of "
+            f"{len(targets)} image(s) from {cfg['image']} at {v['size']} px with {label}, layers {v['layers']}, "
+            f"each with all features, the Top-K features (k = {v['k']:g}) and their complement; L-BFGS "
+            f"{v['steps']} x {v['iterations_per_step']} iterations, seed {v['seed']}."
+        )
+        log_targets(cfg["image"], targets, fingerprint)
         several = len(targets) > 1
         rows, loss_rows, means = [], [], {}
         tmp = tempfile.TemporaryDirectory(prefix="texture_synthesis-")

@@ -216,6 +216,26 @@ def check_inputs(cfg: Config) -> dict[str, str]:
     return tags
 
 
+def log_inputs(cfg: Config, fingerprint: str, claim: Any) -> None:
+    """The run's description and its training images as its dataset input (one row per file)."""
+    import pandas as pd
+
+    from shapebias import tracking
+    from shapebias.data.few_shot import list_images
+
+    files = list_images(cfg.data_dir)
+    sparsity = "dense (no Top-K)" if cfg.sparsity == "none" else f"{cfg.sparsity} k={cfg.topk:g} after 32x32"
+    fid = f"FID ({cfg.fid_protocol} protocol) every {cfg.fid_interval()} iterations" if cfg.fid_interval() else "no FID"
+    protocol = claim.describe() if claim.on_protocol else f"off-protocol: {claim.describe()}"
+    tracking.describe_run(
+        f"FastGAN at {cfg.im_size} px, {sparsity}, noise injection {'on' if cfg.noise_injection else 'off'}, "
+        f"trained {cfg.iterations} iterations (batch {cfg.batch_size}, width {cfg.width}, seed {cfg.seed}) on the "
+        f"{len(files)} images of {cfg.set_name()} ({cfg.data_dir}); {fid}. {protocol}."
+    )
+    frame = pd.DataFrame({"file": [f.name for f in files]})
+    tracking.log_dataset(frame, name=cfg.set_name(), digest=fingerprint, context="training", source=cfg.data_dir)
+
+
 def run(cfg: Config, run_id: str | None = None) -> str:
     """Run (or resume) one FastGAN job; returns the MLflow run id."""
     import mlflow
@@ -246,6 +266,7 @@ def run(cfg: Config, run_id: str | None = None) -> str:
                 file=sys.stderr,
             )
         mlflow.set_tags(tags)
+        log_inputs(cfg, tags["shapebias.data_fingerprint"], claim)
 
         env_vars = tracking.worker_env()
         init_ray(env_vars)
