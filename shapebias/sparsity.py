@@ -40,10 +40,11 @@ Implementations
 :func:`topk` (what :class:`TopK` calls) picks, per call:
 
 * ``cpu``: the C kernel of :mod:`shapebias._topk_kernel` (``csrc/topk.c``; OpenMP; compiled on
-  first use and cached) for float32 CPU tensors. Per row, a histogram of the keys' top byte finds
-  the bin holding the keep-th largest key, a radix select among that bin's members finds the key
-  exactly, and one pass writes the output; the backward reads only packed bits (one bit per
-  position: kept; two in the mean modes: kept, receives the mean), an eighth of a bool mask.
+  first use and cached) for float32 CPU tensors. Per row, the bin (top byte of the key) holding
+  the keep-th largest key is guessed from a sample and checked by counting (a histogram of every
+  key where the guess is wrong), a radix select among that bin's members finds the key exactly,
+  and one pass writes the output; the backward reads only packed bits (one bit per position:
+  kept; two in the mean modes: kept, receives the mean), an eighth of a bool mask.
 * ``torch``: the same threshold method in plain PyTorch (``topk`` values, compare, ties resolved by
   a cumulative count only where they occur) for CUDA, other dtypes, and machines without a compiler.
 * ``reference``: :func:`topk_reference`, the definition.

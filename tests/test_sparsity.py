@@ -172,6 +172,30 @@ def test_fast_dtypes(backend, dtype):
             )
 
 
+def misleading_sample(kind: str, seed: int = 0) -> torch.Tensor:
+    """(2, 3, 32, 32) maps whose every fourth position differs from the others: the positions the
+    C kernel samples (256 of a 1024-position row) to guess the bin (top byte of the key) that holds
+    the threshold. ``near``: the sample sits one bin below the others, so the guess is one bin off;
+    ``far``: far below, so both guesses are wrong and the full histogram decides."""
+    g = torch.Generator().manual_seed(seed)
+    mags = 1 + torch.rand(2, 3, 32, 32, generator=g)  # [1, 2): the others
+    sampled = torch.rand(2, 3, 32, 8, generator=g)
+    mags[..., ::4] = 0.5 + sampled / 2 if kind == "near" else 1e-3 * (1 + sampled)
+    return mags * (torch.randint(0, 2, mags.shape, generator=g) * 2 - 1)
+
+
+@pytest.mark.parametrize("kind", ["near", "far"])
+def test_fast_rows_whose_sample_misleads(kind):
+    x = misleading_sample(kind)
+    for k in (0.05, 0.2, 0.5, 0.9):
+        for mode in S.MODES:
+            assert_same(
+                lambda t, k=k, mode=mode: S.topk(t, k, mode),
+                lambda t, k=k, mode=mode: S.topk_reference(t, k, mode),
+                x,
+            )
+
+
 def test_cpu_kernel_builds_and_is_used():
     if S.cpu_kernel() is None:
         pytest.skip(f"no C compiler here: {K.error}")
