@@ -12,6 +12,7 @@ rounds (minimum and median), and the peak memory of one call of each.
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +23,16 @@ from shapebias import sparsity
 SHAPES = ((32, 128, 56, 56), (32, 128, 112, 112))
 QUICK_SHAPES = ((8, 128, 56, 56),)
 KS = (0.05, 0.2)
+
+
+def thp_mode() -> str:
+    """The system's transparent huge page setting (``always``, ``madvise``, ``never``), or
+    ``unavailable``: whether the C kernel's huge-page request for its outputs can take effect."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "unavailable"
+    return text[text.find("[") + 1 : text.find("]")] if "[" in text else "unavailable"
 
 
 def fwd_bwd(fn, x: torch.Tensor, g: torch.Tensor):
@@ -66,6 +77,8 @@ def bench_case(
         "channels_last": channels_last,
         "input": "post-ReLU",
         "backend": sparsity._backend(x, None),
+        "huge_pages": bool(sparsity._huge_pages()) and device == "cpu",
+        "thp": thp_mode(),
         "repeats": repeats,
         "threads": torch.get_num_threads(),
     }

@@ -58,9 +58,9 @@ def _compile(src: str, compiler: str, target: Path) -> None:
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     ptr, cint = ctypes.c_void_p, ctypes.c_int
     rows = [ctypes.c_int64] * 7  # rows, C, sN, sC, ss, n, keep
-    lib.shapebias_topk_f32.argtypes = [ptr, ptr, ptr, ptr, *rows, cint, cint]
+    lib.shapebias_topk_f32.argtypes = [ptr, ptr, ptr, ptr, *rows, cint, cint, cint]  # mode, threads, huge_pages
     lib.shapebias_topk_f32.restype = cint
-    lib.shapebias_topk_backward_f32.argtypes = [ptr, ptr, ptr, *rows, cint, cint]
+    lib.shapebias_topk_backward_f32.argtypes = [ptr, ptr, ptr, *rows, cint, cint, cint]
     lib.shapebias_topk_backward_f32.restype = cint
     return lib
 

@@ -44,7 +44,8 @@ Implementations
   the keep-th largest key is guessed from a sample and checked by counting (a histogram of every
   key where the guess is wrong), a radix select among that bin's members finds the key exactly,
   and one pass writes the output; the backward reads only packed bits (one bit per position:
-  kept; two in the mean modes: kept, receives the mean), an eighth of a bool mask.
+  kept; two in the mean modes: kept, receives the mean), an eighth of a bool mask. The kernel asks
+  Linux for transparent huge pages for its outputs (``SHAPEBIAS_TOPK_HUGE_PAGES=0`` does not).
 * ``torch``: the same threshold method in plain PyTorch (``topk`` values, compare, ties resolved by
   a cumulative count only where they occur) for CUDA, other dtypes, and machines without a compiler.
 * ``reference``: :func:`topk_reference`, the definition.
@@ -69,6 +70,7 @@ MODES = ("topk", "topk_mean", "topk_mean_raw", "complement")
 MEAN_MODES = ("topk_mean", "topk_mean_raw")
 BACKENDS = ("auto", "cpu", "torch", "reference")
 BACKEND_ENV = "SHAPEBIAS_TOPK_BACKEND"
+HUGE_PAGES_ENV = "SHAPEBIAS_TOPK_HUGE_PAGES"
 _KERNEL_MODE = {
     "topk": kernel.MODE_TOPK,
     "complement": kernel.MODE_COMPLEMENT,
@@ -228,6 +230,14 @@ def _rows(x: torch.Tensor) -> tuple[int, ...]:
     return n * c, c, s_n, s_c, (s_w if w > 1 else s_h), h * w
 
 
+def _huge_pages() -> int:
+    """Whether the C kernel asks for huge pages for its outputs: ``$SHAPEBIAS_TOPK_HUGE_PAGES``,
+    ``1`` (default) or ``0``."""
+    value = os.environ.get(HUGE_PAGES_ENV, "1") or "1"
+    check_choice(HUGE_PAGES_ENV, value, ("0", "1"))
+    return int(value)
+
+
 def _cpu_topk(x: torch.Tensor, keep: int, mode: str, want_out: bool = True, want_mask: bool = False):
     """Run the C kernel on a float32 CPU (N, C, H, W) tensor: (out, packed bits, bool mask).
 
@@ -248,6 +258,7 @@ def _cpu_topk(x: torch.Tensor, keep: int, mode: str, want_out: bool = True, want
         keep,
         _KERNEL_MODE[mode],
         torch.get_num_threads(),
+        _huge_pages(),
     )
     if rc != 0:
         raise MemoryError("the C Top-K kernel could not allocate its row buffers")
@@ -266,6 +277,7 @@ def _cpu_backward(grad: torch.Tensor, bits: torch.Tensor, keep: int, mode: str) 
         keep,
         _KERNEL_MODE[mode],
         torch.get_num_threads(),
+        _huge_pages(),
     )
     if rc != 0:
         raise MemoryError("the C Top-K kernel could not allocate its row buffers")

@@ -6,7 +6,10 @@ included), not a tolerance.
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -229,6 +232,63 @@ def test_fallback_without_compiler(monkeypatch, tmp_path):
     assert_same(lambda t: S.topk(t, 0.3), lambda t: S.topk_reference(t, 0.3), x)
     with pytest.raises(RuntimeError, match="unavailable"):
         S.topk(x, 0.3, backend="cpu")
+
+
+def test_huge_pages_setting(monkeypatch):
+    if S.cpu_kernel() is None:
+        pytest.skip(f"no C compiler here: {K.error}")
+    x = distinct(2, 3, 8, 8)
+    for value in ("0", "1"):
+        monkeypatch.setenv(S.HUGE_PAGES_ENV, value)
+        for mode in S.MODES:
+            assert_same(
+                lambda t, mode=mode: S.topk(t, 0.2, mode, "cpu"), lambda t, mode=mode: S.topk_reference(t, 0.2, mode), x
+            )
+    monkeypatch.setenv(S.HUGE_PAGES_ENV, "yes")
+    with pytest.raises(ConfigError, match="SHAPEBIAS_TOPK_HUGE_PAGES='yes'.*0, 1"):
+        S.topk(x, 0.2, backend="cpu")
+
+
+def _anon_huge_kb(address: int) -> int:
+    """AnonHugePages (kB) of this process's mapping that holds ``address``."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=1)[0]
+            if not head.endswith(":"):  # a mapping's first line: "start-end perms ..."
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "AnonHugePages:":
+                return int(line.split()[1])
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def test_kernel_asks_for_huge_pages_for_its_output():
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not thp.exists() or "[never]" in thp.read_text():
+        pytest.skip("transparent huge pages are not available here")
+    if S.cpu_kernel() is None:
+        pytest.skip(f"no C compiler here: {K.error}")
+    x = torch.rand(32, 64, 32, 32)  # 8 MiB: at least three whole 2 MiB pages in a mapping of its size
+    keep = S.kept_count(0.2, 32 * 32)
+    bits = torch.empty(32 * 64, 2 * 128, dtype=torch.uint8)
+    lib = S.cpu_kernel()
+    found = {}
+    for huge in (1, 0):
+        for name in ("shapebias_topk_f32", "shapebias_topk_backward_f32"):
+            # fresh, untouched private anonymous memory, as a large torch.empty's
+            out = mmap.mmap(-1, x.numel() * 4, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            address = ctypes.addressof(ctypes.c_char.from_buffer(out))
+            if name == "shapebias_topk_f32":
+                args = (x.data_ptr(), address, None, bits.data_ptr())
+            else:
+                args = (x.data_ptr(), bits.data_ptr(), address)
+            assert getattr(lib, name)(*args, *S._rows(x), keep, K.MODE_MEAN_NONZERO, 1, huge) == 0
+            found[huge, name] = _anon_huge_kb(address + x.numel() * 2)
+            out.close()
+    assert found[1, "shapebias_topk_f32"] > 0 and found[1, "shapebias_topk_backward_f32"] > 0, found
+    if "[madvise]" in thp.read_text():  # only on request: none unless asked for
+        assert found[0, "shapebias_topk_f32"] == 0 and found[0, "shapebias_topk_backward_f32"] == 0, found
 
 
 def test_backend_setting(monkeypatch):

@@ -10,12 +10,14 @@ from benchmarks import bench_step, bench_topk, common
 from shapebias import sparsity
 
 
-def test_topk_case_row():
+def test_topk_case_row(monkeypatch):
+    monkeypatch.setenv(sparsity.HUGE_PAGES_ENV, "1")
     row = bench_topk.bench_case((2, 4, 8, 8), 0.2, "topk", repeats=2)
     for key in ("relu_ms", "direct_ms", "fast_ms", "fast_over_relu", "speedup_vs_direct", "fast_over_relu_cpu"):
         assert row[key] > 0
     assert len(row["fast_all_ms"]) == 2
     assert row["backend"] in ("cpu", "torch")
+    assert row["huge_pages"] is True and row["thp"] in ("always", "madvise", "never", "unavailable")
     assert row["fast_peak_mb"] is None or row["fast_peak_mb"] >= 0
 
 

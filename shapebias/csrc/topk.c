@@ -23,6 +23,9 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 enum { MODE_TOPK = 0, MODE_COMPLEMENT = 1, MODE_MEAN_NONZERO = 2, MODE_MEAN_RAW = 3 };
 
@@ -70,6 +73,24 @@ ALWAYS_INLINE __m128i byte_lanes(uint8_t byte, int q) {
   return _mm_loadu_si128((const __m128i *)lut_mask[byte] + q);
 }
 #endif
+
+/* Ask Linux to back a fresh output of `bytes` with transparent huge pages (where the system
+ * allows them on request: /sys/kernel/mm/transparent_hugepage/enabled = madvise or always). A
+ * fresh tensor of tens of MB is a new anonymous mapping: written in 4 KiB pages it costs one page
+ * fault per page, more than the kernel's own work; in 2 MiB pages, one per 512. Only the whole
+ * 2 MiB pages inside the buffer are advised; nothing else changes, and a refusal is harmless. */
+static void advise_huge_pages(void *p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const uintptr_t huge = (uintptr_t)1 << 21;
+  if (!p || bytes < 2 * huge) return;
+  const uintptr_t lo = ((uintptr_t)p + huge - 1) & ~(huge - 1);
+  const uintptr_t hi = ((uintptr_t)p + bytes) & ~(huge - 1);
+  if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
 
 /* The indices i (ascending) with u[i] >> 24 == b into idx (n + 8 words); returns how many, and
  * sets *above to how many keys have a greater top byte. */
@@ -455,6 +476,13 @@ static void row_forward_any(const float *xr, float *orow, uint8_t *cr, uint8_t *
 #undef ROW_FORWARD
 }
 
+/* How many floats a tensor of `rows` rows laid out as in shapebias_topk_f32 spans from its first
+ * element to its last. */
+static size_t extent(int64_t rows, int64_t C, int64_t sN, int64_t sC, int64_t ss, int64_t n) {
+  if (rows <= 0 || n <= 0) return 0;
+  return (size_t)((rows / C - 1) * sN + (C - 1) * sC + (n - 1) * ss + 1);
+}
+
 /* Where the bits of a row go when the caller wants none (a mask-only call): after the work. */
 #define WORK_WORDS(n) (6 * (size_t)(n) + 16 + ((size_t)(n) + 7) / 8 * 2 / 4 + 2)
 
@@ -464,12 +492,14 @@ static void row_forward_any(const float *xr, float *orow, uint8_t *cr, uint8_t *
  * MEAN_NONZERO (|x| ranking) out = mean where kept and x != 0, else x where kept, else 0; MEAN_RAW
  * (x ranking) out = mean where kept, else 0; mean = tree_sum(kept x) / keep. `code` gets plane 0
  * in bit 0 and plane 1 in bit 1. `bits` holds, per row, (n + 7) / 8 bytes of plane 0, then in the
- * mean modes as many of plane 1. Returns 0, or 1 when a buffer could not be allocated. */
+ * mean modes as many of plane 1. When `huge_pages`, huge pages are requested for `out`
+ * (advise_huge_pages). Returns 0, or 1 when a buffer could not be allocated. */
 int shapebias_topk_f32(const float *x, float *out, uint8_t *code, uint8_t *bits, int64_t rows,
                        int64_t C, int64_t sN, int64_t sC, int64_t ss, int64_t n, int64_t keep,
-                       int mode, int threads) {
+                       int mode, int threads, int huge_pages) {
   int failed = 0;
   const int64_t row_bytes = (n + 7) / 8 * ((mode == MODE_MEAN_NONZERO || mode == MODE_MEAN_RAW) ? 2 : 1);
+  if (out && huge_pages) advise_huge_pages(out, sizeof(float) * extent(rows, C, sN, sC, ss, n));
 #pragma omp parallel num_threads(threads) reduction(| : failed)
   {
     uint32_t *work = (uint32_t *)malloc(sizeof(uint32_t) * WORK_WORDS(n));
@@ -564,14 +594,15 @@ static void row_backward_any(const float *gr, const uint8_t *b0, const uint8_t *
   else row_backward(gr, b0, b1, orow, ss, n, keep, buf);
 }
 
-/* The backward of every mode, row by row as shapebias_topk_f32, from its `bits`. Returns 0, or 1
- * when a buffer could not be allocated. */
+/* The backward of every mode, row by row as shapebias_topk_f32, from its `bits` (and its
+ * `huge_pages` for `out`). Returns 0, or 1 when a buffer could not be allocated. */
 int shapebias_topk_backward_f32(const float *g, const uint8_t *bits, float *out, int64_t rows,
                                 int64_t C, int64_t sN, int64_t sC, int64_t ss, int64_t n,
-                                int64_t keep, int mode, int threads) {
+                                int64_t keep, int mode, int threads, int huge_pages) {
   int failed = 0;
   const int mean_mode = mode == MODE_MEAN_NONZERO || mode == MODE_MEAN_RAW;
   const int64_t nb = (n + 7) / 8, row_bytes = nb * (mean_mode ? 2 : 1);
+  if (huge_pages) advise_huge_pages(out, sizeof(float) * extent(rows, C, sN, sC, ss, n));
 #pragma omp parallel num_threads(threads) reduction(| : failed)
   {
     float *buf = mean_mode ? (float *)malloc(sizeof(float) * ((size_t)n + 16)) : NULL;
