@@ -93,13 +93,18 @@ static void advise_huge_pages(void *p, size_t bytes) {
 }
 
 /* The indices i (ascending) with u[i] >> 24 == b into idx (n + 8 words); returns how many, and
- * sets *above to how many keys have a greater top byte. */
-static int64_t collect_bin(const uint32_t *u, int64_t n, uint32_t b, int32_t *idx, int64_t *above) {
+ * sets *above to how many keys have a greater top byte. Where `next` is not NULL, the n floats
+ * from next on (the next row) are fetched into the cache on the way, so that its first pass finds
+ * them there rather than waiting for memory. */
+static int64_t collect_bin(const uint32_t *u, int64_t n, uint32_t b, int32_t *idx, int64_t *above,
+                           const float *next) {
   int64_t m = 0, i = 0, greater = 0;
+  (void)next; /* used by the SSE2 loop only */
 #if defined(__SSE2__)
   const __m128i vb = _mm_set1_epi32((int)b);
   __m128i acc = _mm_setzero_si128(); /* minus the count of greater bytes, per lane */
   for (; i + 16 <= n; i += 16) {
+    if (next) __builtin_prefetch(next + i); /* one 64-byte line per 16 floats */
     __m128i e[4];
     for (int q = 0; q < 4; ++q) {
       const __m128i top = _mm_srli_epi32(_mm_loadu_si128((const __m128i *)(u + i + 4 * q)), 24);
@@ -138,9 +143,9 @@ static int64_t collect_bin(const uint32_t *u, int64_t n, uint32_t b, int32_t *id
  * counting: the bin of the (keep * SAMPLE / n)-th largest of SAMPLE evenly spaced keys, then, if
  * that bin is wrong, the next bin of the sample on the side where the count says the threshold
  * is. Returns 1 and sets b, `above` (keys above bin b) and m (keys in bin b, their indices in idx)
- * when one of the two guesses is right; returns 0 otherwise. */
+ * when one of the two guesses is right; returns 0 otherwise. `next` as collect_bin's. */
 static int sampled_bin(const uint32_t *u, int64_t n, int64_t keep, int32_t *idx, uint32_t *b_out,
-                       int64_t *above_out, int64_t *m_out) {
+                       int64_t *above_out, int64_t *m_out, const float *next) {
   uint16_t hist[256];
   memset(hist, 0, sizeof(hist));
   const int64_t step = n / SAMPLE;
@@ -159,7 +164,7 @@ static int sampled_bin(const uint32_t *u, int64_t n, int64_t keep, int32_t *idx,
   }
   for (int attempt = 0; attempt < 2; ++attempt) {
     int64_t above;
-    const int64_t m = collect_bin(u, n, b, idx, &above);
+    const int64_t m = collect_bin(u, n, b, idx, &above, attempt == 0 ? next : NULL);
     if (above < keep && keep <= above + m) {
       *b_out = b;
       *above_out = above;
@@ -366,10 +371,11 @@ ALWAYS_INLINE void write_codes(const float *restrict xr, float *restrict orow,
     codes_scalar(xr, orow, u, ss, i, n - i < 8 ? (int)(n - i) : 8, t, strict, flip, mode, p0, p1);
 }
 
-/* One row of shapebias_topk_f32 (see there); work holds 6 n + 16 words. */
+/* One row of shapebias_topk_f32 (see there); work holds 6 n + 16 words; `next` is the next row
+ * of a unit-stride x (or NULL), to be fetched into the cache (collect_bin). */
 ALWAYS_INLINE void row_forward(const float *restrict xr, float *restrict orow, uint8_t *restrict cr,
                                uint8_t *restrict bits, const int64_t ss, int64_t n, int64_t keep,
-                               int mode, uint32_t *work) {
+                               int mode, uint32_t *work, const float *next) {
   const int raw = mode == MODE_MEAN_RAW;
   const int mean_mode = mode == MODE_MEAN_NONZERO || mode == MODE_MEAN_RAW;
   const uint32_t flip = mode == MODE_COMPLEMENT;
@@ -390,7 +396,7 @@ ALWAYS_INLINE void row_forward(const float *restrict xr, float *restrict orow, u
   uint32_t b = 0;
   int64_t above = 0, m = n; /* keep == n: every key kept */
   int collected = 0;
-  if (keep < n && n >= SAMPLE_ROW) collected = sampled_bin(u, n, keep, idx, &b, &above, &m);
+  if (keep < n && n >= SAMPLE_ROW) collected = sampled_bin(u, n, keep, idx, &b, &above, &m, next);
   if (keep < n && !collected) {
     uint32_t h4[4][256];
     memset(h4, 0, sizeof(h4));
@@ -413,7 +419,7 @@ ALWAYS_INLINE void row_forward(const float *restrict xr, float *restrict orow, u
   if (remaining != m) {
     if (!collected) {
       int64_t unused;
-      m = collect_bin(u, n, b, idx, &unused);
+      m = collect_bin(u, n, b, idx, &unused, NULL);
     }
     radix_select(u, idx, m, remaining, b, ck, ck + n, ck + 2 * n, &t, &need, &equal);
   } else {
@@ -462,11 +468,11 @@ ALWAYS_INLINE void row_forward(const float *restrict xr, float *restrict orow, u
 }
 
 static void row_forward_any(const float *xr, float *orow, uint8_t *cr, uint8_t *bits, int64_t ss,
-                            int64_t n, int64_t keep, int mode, uint32_t *work) {
+                            int64_t n, int64_t keep, int mode, uint32_t *work, const float *next) {
   /* one copy per mode and for unit stride, so that the loops specialise and vectorise */
 #define ROW_FORWARD(MODE)                                                      \
-  if (ss == 1) row_forward(xr, orow, cr, bits, 1, n, keep, MODE, work);        \
-  else row_forward(xr, orow, cr, bits, ss, n, keep, MODE, work);
+  if (ss == 1) row_forward(xr, orow, cr, bits, 1, n, keep, MODE, work, next); \
+  else row_forward(xr, orow, cr, bits, ss, n, keep, MODE, work, NULL);
   switch (mode) {
     case MODE_TOPK: ROW_FORWARD(MODE_TOPK) break;
     case MODE_COMPLEMENT: ROW_FORWARD(MODE_COMPLEMENT) break;
@@ -509,8 +515,9 @@ int shapebias_topk_f32(const float *x, float *out, uint8_t *code, uint8_t *bits,
       if (!work) continue;
       const int64_t base = (r / C) * sN + (r % C) * sC;
       uint8_t *row_bits = bits ? bits + r * row_bytes : (uint8_t *)(work + 6 * n + 16);
+      const float *next = r + 1 < rows ? x + ((r + 1) / C) * sN + ((r + 1) % C) * sC : NULL;
       row_forward_any(x + base, out ? out + base : NULL, code ? code + base : NULL, row_bits, ss,
-                      n, keep, mode, work);
+                      n, keep, mode, work, next);
     }
     free(work);
   }
@@ -523,11 +530,14 @@ ALWAYS_INLINE float masked(float v, const uint8_t *mask, int64_t i) {
 }
 
 /* One row of the backward: TOPK, COMPLEMENT out = g where plane 0, else 0; mean modes gm =
- * tree_sum(g where plane 1) / keep, out = (plane 1 ? 0 : g) + gm where plane 0, else 0. */
+ * tree_sum(g where plane 1) / keep, out = (plane 1 ? 0 : g) + gm where plane 0, else 0. The mean
+ * modes' last pass fetches `next` (the next row of a unit-stride g, or NULL) into the cache, as
+ * the forward does: their first pass reads it. */
 ALWAYS_INLINE void row_backward(const float *restrict gr, const uint8_t *restrict b0,
                                 const uint8_t *restrict b1, float *restrict orow, const int64_t ss,
-                                int64_t n, int64_t keep, float *restrict buf) {
+                                int64_t n, int64_t keep, float *restrict buf, const float *next) {
   int64_t i = 0;
+  (void)next; /* used by an SSE2 loop only */
   if (!b1) {
 #if defined(__SSE2__)
     if (ss == 1)
@@ -572,13 +582,15 @@ ALWAYS_INLINE void row_backward(const float *restrict gr, const uint8_t *restric
 #if defined(__SSE2__)
   if (ss == 1) {
     const __m128 gmv = _mm_set1_ps(gm);
-    for (; i + 8 <= n; i += 8)
+    for (; i + 8 <= n; i += 8) {
+      if (next && !(i & 15)) __builtin_prefetch(next + i);
       for (int q = 0; q < 2; ++q) {
         const __m128i g = _mm_loadu_si128((const __m128i *)(gr + i + 4 * q));
         const __m128 own = _mm_castsi128_ps(_mm_andnot_si128(byte_lanes(b1[i >> 3], q), g));
         const __m128i sum = _mm_castps_si128(_mm_add_ps(own, gmv));
         _mm_storeu_si128((__m128i *)(orow + i + 4 * q), _mm_and_si128(sum, byte_lanes(b0[i >> 3], q)));
       }
+    }
   }
 #endif
   for (; i < n; ++i) {
@@ -589,9 +601,9 @@ ALWAYS_INLINE void row_backward(const float *restrict gr, const uint8_t *restric
 }
 
 static void row_backward_any(const float *gr, const uint8_t *b0, const uint8_t *b1, float *orow,
-                             int64_t ss, int64_t n, int64_t keep, float *buf) {
-  if (ss == 1) row_backward(gr, b0, b1, orow, 1, n, keep, buf);
-  else row_backward(gr, b0, b1, orow, ss, n, keep, buf);
+                             int64_t ss, int64_t n, int64_t keep, float *buf, const float *next) {
+  if (ss == 1) row_backward(gr, b0, b1, orow, 1, n, keep, buf, next);
+  else row_backward(gr, b0, b1, orow, ss, n, keep, buf, NULL);
 }
 
 /* The backward of every mode, row by row as shapebias_topk_f32, from its `bits` (and its
@@ -612,7 +624,8 @@ int shapebias_topk_backward_f32(const float *g, const uint8_t *bits, float *out,
       if (mean_mode && !buf) continue;
       const int64_t base = (r / C) * sN + (r % C) * sC;
       const uint8_t *b0 = bits + r * row_bytes;
-      row_backward_any(g + base, b0, mean_mode ? b0 + nb : NULL, out + base, ss, n, keep, buf);
+      const float *next = r + 1 < rows ? g + ((r + 1) / C) * sN + ((r + 1) % C) * sC : NULL;
+      row_backward_any(g + base, b0, mean_mode ? b0 + nb : NULL, out + base, ss, n, keep, buf, next);
     }
     free(buf);
   }
