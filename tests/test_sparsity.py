@@ -249,8 +249,8 @@ def test_huge_pages_setting(monkeypatch):
         S.topk(x, 0.2, backend="cpu")
 
 
-def _anon_huge_kb(address: int) -> int:
-    """AnonHugePages (kB) of this process's mapping that holds ``address``."""
+def _vm_flags(address: int) -> set[str]:
+    """VmFlags of this process's mapping that holds ``address`` (``hg``: huge pages asked for by madvise)."""
     inside = False
     with open("/proc/self/smaps") as f:
         for line in f:
@@ -258,12 +258,14 @@ def _anon_huge_kb(address: int) -> int:
             if not head.endswith(":"):  # a mapping's first line: "start-end perms ..."
                 lo, hi = (int(v, 16) for v in head.split("-"))
                 inside = lo <= address < hi
-            elif inside and head == "AnonHugePages:":
-                return int(line.split()[1])
+            elif inside and head == "VmFlags:":
+                return set(line.split()[1:])
     raise AssertionError(f"no mapping holds {address:#x}")
 
 
 def test_kernel_asks_for_huge_pages_for_its_output():
+    """The request (madvise MADV_HUGEPAGE, the mapping's ``hg`` flag) is checked, not whether the
+    system granted the pages: that depends on its free memory, not on the kernel."""
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if not thp.exists() or "[never]" in thp.read_text():
         pytest.skip("transparent huge pages are not available here")
@@ -284,11 +286,14 @@ def test_kernel_asks_for_huge_pages_for_its_output():
             else:
                 args = (x.data_ptr(), bits.data_ptr(), address)
             assert getattr(lib, name)(*args, *S._rows(x), keep, K.MODE_MEAN_NONZERO, 1, huge) == 0
-            found[huge, name] = _anon_huge_kb(address + x.numel() * 2)
+            found[huge, name] = "hg" in _vm_flags(address + x.numel() * 2)
             out.close()
-    assert found[1, "shapebias_topk_f32"] > 0 and found[1, "shapebias_topk_backward_f32"] > 0, found
-    if "[madvise]" in thp.read_text():  # only on request: none unless asked for
-        assert found[0, "shapebias_topk_f32"] == 0 and found[0, "shapebias_topk_backward_f32"] == 0, found
+    assert found == {
+        (1, "shapebias_topk_f32"): True,
+        (1, "shapebias_topk_backward_f32"): True,
+        (0, "shapebias_topk_f32"): False,
+        (0, "shapebias_topk_backward_f32"): False,
+    }
 
 
 def test_backend_setting(monkeypatch):
