@@ -1,8 +1,10 @@
 """Ray plumbing shared by the training jobs: starting or joining Ray, where checkpoints go, and
 what a run prints.
 
-A local run starts Ray without its dashboard (about 1 GB of helper processes). What Ray and Ray
-Train print is cut to what a user reads: Ray Train's own messages at WARNING and above
+A local run starts Ray without its dashboard (about 1 GB of helper processes), and Ray Train
+without what a job on its own machine does not use (:func:`_trainer_class`,
+:data:`LOCAL_RAY_CONFIG`; docs/performance.md measures what that saves). What Ray and Ray Train
+print is cut to what a user reads: Ray Train's own messages at WARNING and above
 (``ray.train.LoggingConfig``; its log files under ``/tmp/ray/session_*/logs/train`` keep every
 level), one line per ``print`` of a worker, and a progress bar drawn by the driver.
 """
@@ -13,6 +15,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -32,6 +35,15 @@ _LOCAL_QUIET = {
 LOCAL_ENV = {
     # Preemption (a node being drained) does not happen to a cluster the job started itself.
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+# Ray's own settings (RayConfig, read from RAY_<name> by every Ray process) for a cluster the job
+# starts itself: no idle worker processes started ahead (each job process asks for a runtime
+# environment of its own, so none would be used: seconds of CPU at start-up) and no metrics
+# collection (a local run has no dashboard or Prometheus to read them; it costs CPU in every process).
+LOCAL_RAY_CONFIG = {
+    "RAY_enable_worker_prestart": "0",
+    "RAY_prestart_worker_first_driver": "0",
+    "RAY_enable_metrics_collection": "0",
 }
 PROGRESS_ENV = "SHAPEBIAS_PROGRESS_BARS"
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -90,6 +102,8 @@ def init_ray(env_vars: dict[str, str]) -> None:
         return
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI colour codes in logs
+    for key, value in LOCAL_RAY_CONFIG.items():  # Ray's processes inherit the driver's environment
+        os.environ.setdefault(key, value)
     # The workers import the jobs from the checkout, wherever the driver was started.
     pythonpath = os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")]))
     runtime_env = {
@@ -108,6 +122,24 @@ def init_ray(env_vars: dict[str, str]) -> None:
                 raise
             print(f"Ray did not start in time ({exc}); retrying", file=sys.stderr)
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def stopping_local_ray() -> Iterator[None]:
+    """Stop a Ray instance that this process started (not a cluster joined at ``RAY_ADDRESS``) while
+    the block runs: the stop is mostly waiting for Ray's processes to end, so the driver can log
+    the model and the figures meanwhile. The block's end waits for the stop."""
+    import ray
+
+    thread = None
+    if not os.environ.get("RAY_ADDRESS") and ray.is_initialized():
+        thread = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+        thread.start()
+    try:
+        yield
+    finally:
+        if thread is not None:
+            thread.join()
 
 
 def progress(iterable: Iterable, desc: str, enabled: bool = True) -> Iterable:
@@ -160,24 +192,69 @@ def storage_location(value: str) -> str:
     return str(Path(value or Path.cwd() / ".ray_results").resolve())
 
 
-def _trainer_class(local: bool):
-    """``TorchTrainer``; on a cluster the job started itself, without Ray Train's placement-group
-    cleaner. The cleaner (a detached actor) asks the State API once a second whether the
-    controller is alive, to remove its placement group should it die. The State API is served by
-    the dashboard, which a local run does not start (about 1 GB of processes): every query fails
-    with a warning, so it could never clean anything, and the cluster ends with the job anyway.
+# Ray Train's callbacks a local run does without, by class name: the placement-group cleaner (a
+# detached actor that asks the State API, served by the dashboard a local run does not start, once
+# a second whether the controller is alive: every query fails with a warning, and the cluster ends
+# with the job anyway) and the Prometheus metrics of controller and workers (nothing scrapes them).
+_LOCAL_DROPPED_CALLBACKS = frozenset(
+    {"PlacementGroupCleanerCallback", "ControllerMetricsCallback", "WorkerMetricsCallback"}
+)
+
+
+def _trainer_class(local: bool, single_cpu_worker: bool = False):
+    """The trainer of a job: ``TorchTrainer``, slimmed down on a cluster the job started itself.
+
+    A local trainer drops :data:`_LOCAL_DROPPED_CALLBACKS`; the Ray Data callback where the job
+    passes no Ray Dataset (it starts a ``DatasetManager`` actor, a process of its own); and Ray
+    Train's requests to the autoscaling coordinator (another actor; a local cluster has no
+    autoscaler). With one CPU worker there is no process group to set up: the trainer is Ray
+    Train's ``DataParallelTrainer`` with the plain backend, so that the Ray Train controller, which
+    unpickles the backend, does not import torch (about 300 MB and seconds of start-up).
     """
     from ray.train.torch import TorchTrainer
 
     if not local:
         return TorchTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    class LocalTorchTrainer(TorchTrainer):
+    base = DataParallelTrainer if single_cpu_worker else TorchTrainer
+
+    class LocalTrainer(base):  # type: ignore[valid-type,misc]
         def _create_default_callbacks(self):
             callbacks = super()._create_default_callbacks()
-            return [cb for cb in callbacks if type(cb).__name__ != "PlacementGroupCleanerCallback"]
+            drop = set(_LOCAL_DROPPED_CALLBACKS) | ({"DatasetsCallback"} if not self.datasets else set())
+            return [cb for cb in callbacks if type(cb).__name__ not in drop]
 
-    return LocalTorchTrainer
+        def _initialize_and_run_controller(self, **kwargs):
+            kwargs["scaling_policy"] = _local_scaling_policy(kwargs["scaling_policy"])
+            return super()._initialize_and_run_controller(**kwargs)
+
+    LocalTrainer.__name__ = LocalTrainer.__qualname__ = f"Local{base.__name__}"
+    return LocalTrainer
+
+
+def _local_scaling_policy(policy):
+    """``policy`` (Ray Train's fixed scaling policy) without its resource requests to the autoscaling
+    coordinator, which would start the coordinator actor; any other policy unchanged."""
+    from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
+
+    if type(policy) is not FixedScalingPolicy:
+        return policy
+
+    class LocalFixedScalingPolicy(FixedScalingPolicy):
+        def after_controller_start(self, train_run_context) -> None:
+            pass
+
+        def _maybe_send_resource_request(self) -> None:
+            pass
+
+        def _send_resource_request(self) -> None:
+            pass
+
+        def _cancel_resource_request(self) -> None:
+            pass
+
+    return LocalFixedScalingPolicy(policy.scaling_config)
 
 
 # A lost worker (killed, out of memory, node gone) is replaced and training resumes from the last
@@ -193,7 +270,7 @@ def max_failures() -> int:
 def make_trainer(
     train_loop, loop_config: dict, *, run_id: str, storage_path: str, num_workers: int, env_vars: dict[str, str]
 ):
-    """The TorchTrainer of one job, and a description of where it runs (for the run's tags).
+    """The trainer of one job (:func:`_trainer_class`), and a description of where it runs (for the run's tags).
 
     The trainer's name is the MLflow run id, so a job started again on the same run (a retried
     RayJob, a resubmitted driver) finds its checkpoints under ``<storage>/<run id>`` and resumes.
@@ -201,16 +278,20 @@ def make_trainer(
     given ``cpus // num_workers`` instead, passed on as ``loop_config["threads"]``.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import BackendConfig, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
     resources = ray.cluster_resources()
     check_workers(num_workers, resources)
     use_gpu = resources.get("GPU", 0) >= num_workers
     local_cpu = not use_gpu and not os.environ.get("RAY_ADDRESS")
     threads = max(1, int(resources.get("CPU", 1)) // num_workers) if local_cpu else 1
-    trainer = _trainer_class(local=not os.environ.get("RAY_ADDRESS"))(
+    local = not os.environ.get("RAY_ADDRESS")
+    single_cpu_worker = local_cpu and num_workers == 1
+    backend = {"backend_config": BackendConfig()} if single_cpu_worker else {}
+    trainer = _trainer_class(local, single_cpu_worker)(
         train_loop,
         train_loop_config={**loop_config, "threads": threads},
+        **backend,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": threads}),
         run_config=RunConfig(
             name=run_id,
