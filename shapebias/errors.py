@@ -50,7 +50,7 @@ INT_LIMITS: dict[str, tuple[int, int]] = {
     "steps": (1, 100_000),
     "limit": (0, 10_000_000),
     "width": (1, 1024),
-    "checkpoint_every": (1, 10_000_000),
+    "checkpoint_every": (0, 10_000_000),  # 0: train_resnet's automatic schedule (FastGAN asks for >= 1)
     "fid_every": (-1, 10_000_000),  # -1: the protocol's interval
     "fid_samples": (0, 1_000_000),
     "synthetic_train_per_class": (1, 100_000),

@@ -215,21 +215,42 @@ class MetricLogger:
 
     A resumed job re-runs the epoch that was interrupted; points already logged for a step are
     not logged again, so every curve keeps exactly one point per epoch.
+
+    With ``background=True`` the client is made and every :meth:`log` runs in a thread of its own,
+    one after the other, so that the caller (a training loop) does not wait for the tracking
+    store; :meth:`flush` waits for what is queued and raises the first error of a queued log.
     """
 
-    def __init__(self, ref: RunRef) -> None:
-        from mlflow.tracking import MlflowClient
+    def __init__(self, ref: RunRef, background: bool = False) -> None:
+        import threading
 
         self.ref = ref
-        self.client = MlflowClient(ref.tracking_uri)
+        self._client: mlflow.MlflowClient | None = None
+        self._client_lock = threading.Lock()
         self._seen: dict[str, set[int]] = {}
+        self._pool = None
+        self._pending: list = []
+        if background:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metric-logger")
+            self._pending.append(self._pool.submit(lambda: self.client))  # connect while the caller works
+
+    @property
+    def client(self) -> mlflow.MlflowClient:
+        from mlflow.tracking import MlflowClient
+
+        with self._client_lock:
+            if self._client is None:
+                self._client = MlflowClient(self.ref.tracking_uri)
+            return self._client
 
     def _steps(self, key: str) -> set[int]:
         if key not in self._seen:
             self._seen[key] = {m.step for m in self.client.get_metric_history(self.ref.run_id, key)}
         return self._seen[key]
 
-    def log(self, metrics: Mapping[str, float], step: int) -> None:
+    def _log(self, metrics: Mapping[str, float], step: int) -> None:
         import time
 
         from mlflow.entities import Metric
@@ -240,6 +261,26 @@ class MetricLogger:
             self.client.log_batch(self.ref.run_id, metrics=batch)
             for m in batch:
                 self._seen[m.key].add(step)
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        if self._pool is None:
+            self._log(metrics, step)
+        else:
+            self._pending.append(self._pool.submit(self._log, dict(metrics), step))
+
+    def flush(self) -> None:
+        """Wait until every queued :meth:`log` is done; raise the first error of one."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        """:meth:`flush`, then end the logging thread."""
+        try:
+            self.flush()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
 
 
 def _describe(exc: BaseException) -> str:

@@ -11,7 +11,7 @@ from shapebias.data.imagenet import SUBSETS, imagenet_subset, read_class_list, s
 from shapebias.errors import ConfigError, DataError
 from training import train_resnet
 from training.cliargs import number as _number
-from training.train_resnet import Config, _user_error
+from training.train_resnet import AUTO_CHECKPOINT_RATIO, CheckpointSchedule, Config, _user_error
 
 WNIDS = ("n01440764", "n02102040")
 
@@ -170,7 +170,8 @@ def ray_local():
 
 @pytest.mark.slow
 def test_end_to_end_ray_mlflow_and_resume(mlflow_store, tmp_path, ray_local):
-    """One real run through Ray Train + MLflow at tiny sizes, then resumed to one more epoch."""
+    """One real run through Ray Train + MLflow at tiny sizes, checkpointed only after its last epoch
+    (checkpoint_every beyond the run), then resumed from that checkpoint."""
     from mlflow.tracking import MlflowClient
 
     tiny = [
@@ -189,12 +190,14 @@ def test_end_to_end_ray_mlflow_and_resume(mlflow_store, tmp_path, ray_local):
         "--storage-path",
         str(tmp_path / "ray"),
     ]
-    assert train_resnet.main(["--epochs", "1", *tiny]) == 0
+    assert train_resnet.main(["--epochs", "2", "--checkpoint-every", "5", *tiny]) == 0
     client = MlflowClient(mlflow_store)
     (run,) = client.search_runs([client.get_experiment_by_name("shapebias-train_resnet").experiment_id])
     run_id = run.info.run_id
     assert run.info.status == "FINISHED"
-    assert "resnet18-code-topk0.2-synthetic-e1-s0" == run.data.tags["mlflow.runName"]
+    assert "resnet18-code-topk0.2-synthetic-e2-s0" == run.data.tags["mlflow.runName"]
+    folders = [p for p in (tmp_path / "ray" / run_id).glob("checkpoint_*") if p.is_dir()]
+    assert len(folders) == 1  # the last epoch's alone
     for p in (
         "sparsity",
         "topk",
@@ -222,12 +225,53 @@ def test_end_to_end_ray_mlflow_and_resume(mlflow_store, tmp_path, ray_local):
     # A finished run, or one resumed with other settings, is refused (tests/test_integrity.py); an
     # interrupted one resumes from its checkpoint with the same settings -> epoch 0 is not trained again.
     client.set_terminated(run_id, "KILLED")
-    assert train_resnet.main(["--epochs", "1", "--run-id", run_id, *tiny]) == 0
+    assert train_resnet.main(["--epochs", "2", "--checkpoint-every", "5", "--run-id", run_id, *tiny]) == 0
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags.get("shapebias.resumed_from_epoch") == "1"
+    assert run.data.tags.get("shapebias.resumed_from_epoch") == "2"
     for key in ("test_acc", "train_loss", "stylized_acc", "shape_bias"):
-        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [0]
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [0, 1]
+
+
+def test_checkpoint_schedule():
+    fixed = CheckpointSchedule(every=2, epochs=5)
+    assert [fixed.due(epoch, 1.0) for epoch in range(1, 6)] == [False, True, False, True, True]
+    resumed = CheckpointSchedule(every=3, epochs=7)  # counted from the run's start, not the resume
+    assert [resumed.due(epoch, 1.0) for epoch in range(5, 8)] == [False, True, True]
+
+    auto = CheckpointSchedule(every=0, epochs=10)
+    assert auto.due(1, 1.0)  # the first epoch: the cost of a checkpoint is not known yet
+    auto.saved(0.02)  # then one after every AUTO_CHECKPOINT_RATIO * 0.02 s of epochs
+    step = AUTO_CHECKPOINT_RATIO * 0.02 / 2.5
+    assert [auto.due(epoch, step) for epoch in (2, 3, 4)] == [False, False, True]
+    auto.saved(1.0)  # a slower checkpoint: fewer of them
+    assert not any(auto.due(epoch, step) for epoch in range(5, 10))
+    assert auto.due(10, step)  # the last epoch always has one
+    assert CheckpointSchedule(every=0, epochs=3).due(1, 0.0)
+    with pytest.raises(ConfigError, match="checkpoint_every"):
+        Config(checkpoint_every=-1).validate()
+
+
+def test_background_metric_logger(mlflow_store):
+    """Queued points arrive in order, once per (key, step); a failed log is raised by flush()."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from shapebias.tracking import MetricLogger, RunRef
+
+    with mlflow.start_run() as run:
+        ref = RunRef(mlflow_store, run.info.run_id, run.info.experiment_id)
+    logger = MetricLogger(ref, background=True)
+    for step in (0, 1, 1):
+        logger.log({"train_loss": 1.0 / (step + 1), "test_acc": 0.5}, step=step)
+    logger.close()
+    history = MlflowClient(mlflow_store).get_metric_history(ref.run_id, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5)]
+    broken = MetricLogger(RunRef(mlflow_store, "0" * 32, ref.experiment_id), background=True)
+    broken.log({"train_loss": 1.0}, step=0)
+    with pytest.raises(Exception, match="0" * 32):
+        broken.flush()
+    broken.close()
 
 
 def test_run_names_differ_when_settings_differ():

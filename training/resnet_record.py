@@ -99,10 +99,30 @@ def _display(split: Dataset, index: int) -> np.ndarray:
     return x.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
+def _grid_index(split: Dataset) -> np.ndarray:
+    return np.unique(np.linspace(0, len(split) - 1, min(GRID_PER_SPLIT, len(split))).round().astype(int))
+
+
 @torch.no_grad()
-def _grid_row(model: nn.Module, name: str, split: Dataset) -> list[tuple[np.ndarray, str, bool]]:
-    index = np.unique(np.linspace(0, len(split) - 1, min(GRID_PER_SPLIT, len(split))).round().astype(int))
-    predicted = model(torch.stack([split[int(i)][0] for i in index])).argmax(1).numpy()
+def _grid_predictions(
+    model: nn.Module, data: Mapping[str, Dataset], test_predictions: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The predictions of every split's grid images: the clean test split's from ``test_predictions``,
+    the others' from one forward pass over all of them (a model's first call at a batch size is
+    the slow one)."""
+    index = {name: _grid_index(split) for name, split in data.items()}
+    out = {name: np.asarray(test_predictions)[index[name]] for name in data if name == "original"}
+    others = [name for name in data if name not in out]
+    if others:
+        x = torch.stack([data[name][int(i)][0] for name in others for i in index[name]])
+        predicted = model(x).argmax(1).numpy()
+        bounds = np.cumsum([len(index[name]) for name in others])[:-1]
+        out.update(zip(others, np.split(predicted, bounds), strict=True))
+    return out
+
+
+def _grid_row(name: str, split: Dataset, predicted: np.ndarray) -> list[tuple[np.ndarray, str, bool]]:
+    index = _grid_index(split)
     names, truth = class_names(split), labels(split)[index]
     if name == "cue_conflict":
         shape, texture = np.asarray(split.shape)[index], np.asarray(split.texture)[index]
@@ -122,7 +142,8 @@ def log_figures(
 ) -> None:
     """Samples with predictions, the clean test split's confusion matrix, the per-epoch curves."""
     model.eval()
-    rows = {name: _grid_row(model, name, split) for name, split in data.items()}
+    grid = _grid_predictions(model, data, test_predictions)
+    rows = {name: _grid_row(name, split, grid[name]) for name, split in data.items()}
     test = data["original"]
     client = mlflow.MlflowClient()
     histories = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in CURVES}

@@ -28,7 +28,9 @@ Environment variables read by the driver (not logged as params):
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
+import gc
 import math
 import os
 import re
@@ -52,6 +54,7 @@ from shapebias.metrics.shape_bias import shape_bias_score
 from shapebias.models.resnet_spec import SPARSITY, SPECS, parse_layers
 from training.cliargs import check_numbers, parser_from_config, resolve_config, setting
 from training.raytools import progress as _progress
+from training.timeline import mark
 
 if TYPE_CHECKING:  # torch is imported where it is used: --help answers without it
     import torch
@@ -60,6 +63,10 @@ if TYPE_CHECKING:  # torch is imported where it is used: --help answers without 
 
 TASK = "train_resnet"
 CHECKPOINT_FILE = "checkpoint.pt"
+# checkpoint_every=0: a checkpoint after the first and the last epoch, and after any epoch that ends
+# at least this many times the last checkpoint's cost (in seconds) after it: checkpoints then take
+# at most about 1 % of the training time, and a job started again repeats at most that much training.
+AUTO_CHECKPOINT_RATIO = 100
 
 
 # ---------------------------------------------------------------------------------- configuration
@@ -91,6 +98,11 @@ class Config:
     synthetic_test_per_class: int = setting(20, "synthetic test images per class")
     image_size: int = setting(32, "synthetic images' size")
     storage_path: str = setting("", "Ray Train checkpoints; empty: ./.ray_results")
+    checkpoint_every: int = setting(
+        0,
+        "epochs between checkpoints, the last epoch always has one; 0: the first and the last epoch and "
+        f"whenever the epochs since the last checkpoint took {AUTO_CHECKPOINT_RATIO} times as long as saving it",
+    )
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first bad value and what is accepted."""
@@ -249,12 +261,41 @@ def evaluate(model: nn.Module, data: dict[str, Dataset], device: torch.device, w
 # ------------------------------------------------------------------------------------ Ray worker
 
 
+@dataclasses.dataclass
+class CheckpointSchedule:
+    """Which epochs end with a checkpoint (see ``Config.checkpoint_every``).
+
+    ``every`` > 0: every ``every``-th epoch (counted from the start of the run, so a resumed run keeps
+    the schedule) and the last. ``every`` = 0: the first epoch this process trains, the last, and any
+    epoch that ends :data:`AUTO_CHECKPOINT_RATIO` times the cost of the previous checkpoint after it.
+    """
+
+    every: int
+    epochs: int
+    since_s: float = 0.0  # training time since the last checkpoint
+    cost_s: float | None = None  # seconds the last checkpoint kept the loop waiting
+
+    def due(self, epoch_done: int, epoch_s: float) -> bool:
+        """Whether the epoch that just ended (1-based ``epoch_done``, ``epoch_s`` long) ends with one."""
+        self.since_s += epoch_s
+        if epoch_done >= self.epochs:
+            return True
+        if self.every:
+            return epoch_done % self.every == 0
+        return self.cost_s is None or self.since_s >= AUTO_CHECKPOINT_RATIO * self.cost_s
+
+    def saved(self, cost_s: float) -> None:
+        self.since_s, self.cost_s = 0.0, cost_s
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """The Ray Train loop: resume from the last checkpoint, one report (with checkpoint) per epoch."""
+    """The Ray Train loop: resume from the last checkpoint, one report per epoch, a checkpoint with
+    the reports of :class:`CheckpointSchedule`. Rank 0 logs the metrics in the background; what is
+    queued is logged before each checkpoint, so that a resumed run finds every epoch it skips logged."""
     import ray.train
     import ray.train.torch
     import torch
@@ -267,7 +308,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = Config(**config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    logger = MetricLogger(config["run_ref"]) if rank == 0 and config.get("run_ref") else None
+    if rank == 0:
+        mark("worker: started")
+    logger = MetricLogger(config["run_ref"], background=True) if rank == 0 and config.get("run_ref") else None
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(int(config.get("threads", 1)))
     device = ray.train.torch.get_device()
@@ -289,6 +332,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if logger:
                 logger.client.set_tag(logger.ref.run_id, "shapebias.resumed_from_epoch", str(start))
     model = ray.train.torch.prepare_model(model)  # to the device; DDP when world > 1
+    if rank == 0:
+        mark("worker: data and model ready")
     for group in optimizer.state.values():  # optimizer state follows the parameters' device
         for k, v in group.items():
             if torch.is_tensor(v):
@@ -301,10 +346,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else None
     )
 
+    schedule = CheckpointSchedule(cfg.checkpoint_every, cfg.epochs)
+
     def save_and_report(metrics: dict[str, float], epoch_done: int) -> None:
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
+        if logger:
+            logger.flush()  # the epochs this checkpoint covers are logged before it exists
         with tempfile.TemporaryDirectory() as d:
             torch.save(
                 {
@@ -320,6 +369,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     if start >= cfg.epochs:  # nothing left to train: hand the last state back as the result
         save_and_report({"epoch": start}, start)
+        if logger:
+            logger.close()
         return
     for epoch in range(start, cfg.epochs):
         for g in optimizer.param_groups:
@@ -335,6 +386,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 data["train"], batch_size=cfg.batch_size, shuffle=True, generator=gen, num_workers=workers
             )
         t0 = time.time()
+        t_epoch = time.perf_counter()
         loss, acc = train_epoch(
             model, loader, optimizer, device, progress=rank == 0, desc=f"epoch {epoch + 1}/{cfg.epochs}"
         )
@@ -342,6 +394,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             stats = torch.tensor([loss, acc], device=device)
             torch.distributed.all_reduce(stats)
             loss, acc = (stats / world).tolist()
+        if rank == 0:
+            mark(f"worker: epoch {epoch + 1} trained")
         metrics = {
             "train_loss": loss,
             "train_acc": acc,
@@ -354,11 +408,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 f"epoch {epoch + 1}/{cfg.epochs}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
                 file=sys.stderr,
             )
+            mark(f"worker: epoch {epoch + 1} evaluated")
             if logger:
                 logger.log(metrics, step=epoch)
+                mark(f"worker: epoch {epoch + 1} logged")
+        epoch_s = time.perf_counter() - t_epoch
         if config.get("epoch_sleep"):
             time.sleep(float(config["epoch_sleep"]))
-        save_and_report(metrics, epoch + 1)
+        if schedule.due(epoch + 1, epoch_s):
+            t_save = time.perf_counter()
+            save_and_report(metrics, epoch + 1)
+            schedule.saved(time.perf_counter() - t_save)
+        else:
+            ray.train.report(metrics, checkpoint=None)
+        if rank == 0:
+            mark(f"worker: epoch {epoch + 1} reported")
+    if logger:
+        logger.close()
 
 
 # ---------------------------------------------------------------------------------------- driver
@@ -415,7 +481,14 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
 
     from shapebias import tracking
     from training import resnet_record
-    from training.raytools import check_local_workers, init_ray, make_trainer, quiet_logger, storage_location
+    from training.raytools import (
+        check_local_workers,
+        init_ray,
+        make_trainer,
+        quiet_logger,
+        stopping_local_ray,
+        storage_location,
+    )
 
     params = dataclasses.asdict(cfg)
     new_run = run_id is None and not os.environ.get("MLFLOW_RUN_ID")
@@ -425,6 +498,7 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
         if run_id is None:  # also name the run that `mlflow run` created (a resumed run keeps its name)
             mlflow.set_tag("mlflow.runName", cfg.run_name())
         run_id = active.info.run_id
+        mark("driver: run created")
         claim = protocols.check(TASK, cfg.protocol, params)
         mlflow.set_tags(protocols.run_tags(claim))
         print(claim.describe(), file=sys.stderr)
@@ -438,10 +512,11 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
         mlflow.set_tag("shapebias.data_fingerprint", fingerprint)
         tracking.describe_run(resnet_record.description(cfg, claim, data["train"].num_classes))
         resnet_record.log_datasets(cfg, data, fingerprint)
-        del data
+        mark("driver: data checked and logged")
 
         env_vars = tracking.worker_env()
         init_ray(env_vars)
+        mark("driver: ray started")
         storage = storage_location(cfg.storage_path)
         sleep = epoch_sleep if epoch_sleep is not None else float(os.environ.get("SHAPEBIAS_EPOCH_SLEEP", "0") or 0)
         trainer, device = make_trainer(
@@ -453,6 +528,7 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
             env_vars=env_vars,
         )
         mlflow.set_tag("shapebias.device", device)
+        mark("driver: trainer built")
         try:
             result = trainer.fit()
         except Exception as exc:
@@ -460,20 +536,24 @@ def run(cfg: Config, run_id: str | None = None, epoch_sleep: float | None = None
             if user is not None:
                 raise user from None
             raise
-        if result.checkpoint is None:
-            raise RuntimeError(f"Ray Train returned no checkpoint for run {run_id}")
-        with result.checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        model = build_model(cfg, state["num_classes"])
-        model.load_state_dict(state["model"])
-        model.eval()
-        data = build_data(cfg)
-        with quiet_logger("mlflow.pytorch"):  # its warning that pickle is not the safe format: chosen here
-            resnet_record.log_model(model, data["original"][0][0].unsqueeze(0))
-        mlflow.log_metrics(best_epoch_metrics(mlflow.MlflowClient(), run_id))
+        mark("driver: fit returned")
+        with stopping_local_ray():  # a Ray instance this job started is not needed any more: stop it meanwhile
+            if result.checkpoint is None:
+                raise RuntimeError(f"Ray Train returned no checkpoint for run {run_id}")
+            with result.checkpoint.as_directory() as d:
+                state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+            model = build_model(cfg, state["num_classes"])
+            model.load_state_dict(state["model"])
+            model.eval()
+            with quiet_logger("mlflow.pytorch"):  # its warning that pickle is not the safe format: chosen here
+                resnet_record.log_model(model, data["original"][0][0].unsqueeze(0))
+            mlflow.log_metrics(best_epoch_metrics(mlflow.MlflowClient(), run_id))
+        mark("driver: model logged")  # and Ray stopped (before the data loader's worker processes start)
         test_predictions = predict(model, data["original"], torch.device("cpu"), workers=_loader_workers(cfg)).numpy()
         resnet_record.log_figures(model, data, cfg.run_name(), test_predictions, run_id)
+        mark("driver: figures logged")
         metrics = mlflow.get_run(run_id).data.metrics
+    mark("driver: run ended")
     print(f"\nrun {run_id} finished ({cfg.run_name()}); {claim.describe()}")
     for key in ("test_acc", "stylized_acc", "best_test_acc", "best_stylized_acc", "shape_bias", "train_acc"):
         if key in metrics:
@@ -517,6 +597,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _main(argv: list[str] | None = None) -> int:
+    mark("driver: imported")
+    atexit.register(mark, "driver: at exit")  # runs after Ray's exit handler, which ray.init registers later
     args = parser().parse_args(argv)
     run(config_from_args(args), run_id=args.run_id or None, experiment=args.experiment or None)
     return 0
@@ -527,4 +609,6 @@ from shapebias.tracking import cli_main  # noqa: E402  (after the definitions: k
 main = cli_main(_main)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    gc.freeze()  # the exit then skips collecting every object of torch, MLflow and Ray (seconds)
+    sys.exit(status)

@@ -41,7 +41,7 @@ TRAIN_RESNET = TaskSettings(
         *SYNTHETIC_ONLY,
     ),
     # num_workers is a result setting: each Ray worker takes batch_size samples a step (global batch).
-    ignored=("seed", "data_dir", "stylized_dir", "class_list", "storage_path", "protocol"),
+    ignored=("seed", "data_dir", "stylized_dir", "class_list", "storage_path", "checkpoint_every", "protocol"),
     irrelevant=_resnet_irrelevant,
 )
 

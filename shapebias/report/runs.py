@@ -30,6 +30,7 @@ IGNORED_PARAMS = frozenset(
         "stylized_dir",
         "class_list",
         "storage_path",
+        "checkpoint_every",
         "fid_weights",
         "num_workers",
         "output_dir",
