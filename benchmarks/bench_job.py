@@ -1,19 +1,23 @@
 """A training epoch: the bare PyTorch loop against the full job (Ray Train + MLflow), 1 and 2 workers.
 
 Same data (the synthetic benchmark of ``training/train_resnet.py``), same model, same batch
-size. The bare loop is ``train_epoch`` + ``evaluate`` of ``training/train_resnet.py`` in this
-process; the job is ``training.train_resnet.run`` (driver creates the MLflow run, Ray Train
-workers train, rank 0 evaluates, logs and checkpoints every epoch), tracked in a throw-away
-SQLite store. Per epoch we compare:
+size, same torch threads (a local job gives its one CPU worker all the CPUs: ``cpus // workers``
+threads each). The bare loop is ``train_epoch`` + ``evaluate`` of ``training/train_resnet.py`` in
+this process, each epoch timed by a ``torch.utils.benchmark.Timer``; it runs before the jobs and
+again after them, so that a change in the machine's load during the jobs shows and is averaged
+(the bare figures pool the epochs of both). The job is ``training.train_resnet.run`` (driver
+creates the MLflow run, Ray Train workers train, rank 0 evaluates, logs and checkpoints on its
+schedule), tracked in a throw-away SQLite store, with ``SHAPEBIAS_TIMELINE`` set so that the
+worker stamps its epochs (:mod:`training.timeline`). Per epoch we compare:
 
-* ``train``: the training pass alone (the job's own ``epoch_time_s`` metric, measured inside the
-  worker around the same ``train_epoch``);
-* ``cycle``: one whole epoch as the user waits for it: for the job, the time between the
-  timestamps of consecutive epochs' metrics (training, evaluation, MLflow logging, checkpoint,
-  Ray reporting); for the bare loop, training + evaluation.
+* ``train``: the training pass alone (the job's own stamps around the same ``train_epoch``);
+* ``cycle``: one whole epoch as the user waits for it: for the job, the time between the ends of
+  consecutive epochs (training, evaluation, MLflow logging, checkpoint, Ray reporting); for the
+  bare loop, training + evaluation.
 
-The first epoch (warm-up) is left out of the medians; the job's start-up (Ray, workers, data) is
-reported separately as ``startup_s``.
+The first epoch (warm-up) is left out; ``_s`` figures are medians of the other epochs, ``_min_s``
+their minima (the least disturbed epoch: on a shared machine the steadier comparison). The job's
+start-up (Ray, workers, data) is reported separately as ``startup_s``.
 """
 
 from __future__ import annotations
@@ -54,18 +58,24 @@ def config(quick: bool, epochs: int | None, per_class: int | None, workers: int 
     ).validate()
 
 
-def bare_loop(cfg, threads: int | None = None) -> dict[str, Any]:
+def job_threads(workers: int = 1) -> int:
+    """The torch threads of each worker of a local CPU job (``training.raytools.make_trainer``)."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def bare_loop(cfg, threads: int | None = None, label: str = "") -> dict[str, Any]:
     """The bare loop, with ``threads`` torch threads (default: this process's setting)."""
     saved = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _bare_loop(cfg)
+        return _bare_loop(cfg, label)
     finally:
         torch.set_num_threads(saved)
 
 
-def _bare_loop(cfg) -> dict[str, Any]:
+def _bare_loop(cfg, label: str) -> dict[str, Any]:
+    from torch.utils import benchmark
     from torch.utils.data import DataLoader
 
     from shapebias.models.resnet import sgd
@@ -77,31 +87,59 @@ def _bare_loop(cfg) -> dict[str, Any]:
     model = build_model(cfg, data["train"].num_classes)
     optimizer = sgd(model, cfg.model_spec, cfg.lr)
     device = torch.device("cpu")
+    test = {k: v for k, v in data.items() if k != "train"}
     train_s, cycle_s = [], []
+    state = {"epoch": 0, "t1": 0.0}
+
+    def train() -> None:
+        epoch = state["epoch"]
+        for g in optimizer.param_groups:
+            g["lr"] = cosine_lr(cfg.lr, epoch, cfg.epochs)
+        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        loader = DataLoader(data["train"], batch_size=cfg.batch_size, shuffle=True, generator=gen, num_workers=0)
+        train_epoch(model, loader, optimizer, device, progress=False)
+
+    threads = torch.get_num_threads()
+    timers = {
+        name: benchmark.Timer("fn()", globals={"fn": fn}, num_threads=threads, label="epoch", description=name)
+        for name, fn in (("train", train), ("evaluate", lambda: evaluate(model, test, device)))
+    }
 
     def loop() -> None:
         for epoch in range(cfg.epochs):
-            for g in optimizer.param_groups:
-                g["lr"] = cosine_lr(cfg.lr, epoch, cfg.epochs)
-            gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-            loader = DataLoader(data["train"], batch_size=cfg.batch_size, shuffle=True, generator=gen, num_workers=0)
-            t0 = time.perf_counter()
-            train_epoch(model, loader, optimizer, device, progress=False)
-            t1 = time.perf_counter()
-            evaluate(model, {k: v for k, v in data.items() if k != "train"}, device)
-            train_s.append(t1 - t0)
-            cycle_s.append(time.perf_counter() - t0)
+            state["epoch"] = epoch
+            t = timers["train"].timeit(1).median
+            e = timers["evaluate"].timeit(1).median
+            train_s.append(t)
+            cycle_s.append(t + e)
 
     peak = peak_memory_mb(loop)
-    name = f"bare loop, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
-    return summarize(name, cfg, train_s, cycle_s, time.perf_counter() - t_start, peak, threads=torch.get_num_threads())
+    name = f"bare loop, {threads} thread{'s' if threads > 1 else ''}{label}"
+    return summarize(name, cfg, train_s, cycle_s, time.perf_counter() - t_start, peak, threads=threads)
+
+
+def pooled(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """One row from several runs of the bare loop: medians and minima over all their steady epochs."""
+    train = [t for r in rows for t in r["train_all_s"][1:]]
+    cycle = [t for r in rows for t in r["cycle_all_s"][1:]]
+    return {
+        **rows[0],
+        "name": name,
+        "train_s": med(train),
+        "cycle_s": med(cycle),
+        "train_min_s": min(train, default=float("nan")),
+        "cycle_min_s": min(cycle, default=float("nan")),
+        "train_all_s": train,  # the steady epochs of every run, in the order they ran
+        "cycle_all_s": cycle,
+        "pooled_from": [r["name"] for r in rows],
+    }
 
 
 def summarize(
     name: str, cfg, train_s: list[float], cycle_s: list[float], total_s: float, peak_mb, **extra
 ) -> dict[str, Any]:
-    steady_train = train_s[1:] or train_s
-    steady_cycle = cycle_s[1:] or cycle_s
+    steady_train = [t for t in train_s[1:] or train_s if t == t]
+    steady_cycle = [t for t in cycle_s[1:] or cycle_s if t == t]
     return {
         "name": name,
         "workers": cfg.num_workers,
@@ -109,8 +147,10 @@ def summarize(
         "train_images": cfg.synthetic_classes * cfg.synthetic_train_per_class,
         "train_s": med(steady_train),
         "cycle_s": med(steady_cycle),
-        "train_all_s": [round(t, 2) for t in train_s],
-        "cycle_all_s": [round(t, 2) for t in cycle_s],
+        "train_min_s": min(steady_train, default=float("nan")),
+        "cycle_min_s": min(steady_cycle, default=float("nan")),
+        "train_all_s": [round(t, 3) for t in train_s],
+        "cycle_all_s": [round(t, 3) for t in cycle_s],
         "total_s": total_s,
         "peak_mb": peak_mb,
         **extra,
@@ -142,40 +182,52 @@ def throwaway_tracking():
 def job(cfg, tmp: Path) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
+    from training import timeline
     from training.train_resnet import run
 
     cfg = dataclasses.replace(cfg, storage_path=str(tmp / f"ray-{cfg.num_workers}"))
     client = MlflowClient()
+    events_file = tmp / f"timeline-{cfg.num_workers}.tsv"
+    saved_env = os.environ.get(timeline.ENV)
+    os.environ[timeline.ENV] = str(events_file)  # local Ray's processes inherit it at ray.init
     t0 = time.perf_counter()
+    wall0 = time.time()
     error = None
-    with TreeMemorySampler() as mem:
-        try:
-            run_id = run(cfg)
-        except Exception as exc:  # the job failed after (or before) its epochs: time what it did, say so
-            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
-            runs = client.search_runs(["0"], order_by=["attributes.start_time DESC"], max_results=1)
-            if not runs:
-                raise
-            run_id = runs[0].info.run_id
+    try:
+        with TreeMemorySampler() as mem:
+            try:
+                run_id = run(cfg)
+            except Exception as exc:  # the job failed after (or before) its epochs: time what it did, say so
+                error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
+                runs = client.search_runs(["0"], order_by=["attributes.start_time DESC"], max_results=1)
+                if not runs:
+                    raise
+                run_id = runs[0].info.run_id
+    finally:
+        if saved_env is None:
+            os.environ.pop(timeline.ENV, None)
+        else:
+            os.environ[timeline.ENV] = saved_env
     total = time.perf_counter() - t0
-    train = sorted(client.get_metric_history(run_id, "epoch_time_s"), key=lambda m: m.step)
-    logged = sorted(client.get_metric_history(run_id, "train_loss"), key=lambda m: m.step)
-    train_s = [m.value for m in train]
-    stamps = [m.timestamp / 1e3 for m in logged]
-    cycle_s = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-    # cycle_s[i] is epoch i+1; pad epoch 0 (start-up mixed in) so indices line up with train_s
-    run_start = client.get_run(run_id).info.start_time / 1e3
-    startup = stamps[0] - run_start - (train_s[0] if train_s else 0.0) if stamps else float("nan")
+    events = timeline.read(str(events_file)) if events_file.exists() else []
+    first = {e.name: e.t for e in reversed(events)}
+    ends = [first.get(f"worker: epoch {i} reported") for i in range(cfg.epochs + 1)]
+    ends[0] = first.get("worker: data and model ready")
+    trained = [first.get(f"worker: epoch {i} trained") for i in range(1, cfg.epochs + 1)]
+    nan = float("nan")
+    train_s = [t - a if t is not None and a is not None else nan for a, t in zip(ends, trained, strict=False)]
+    cycle_s = [b - a if a is not None and b is not None else nan for a, b in zip(ends, ends[1:], strict=False)]
     out = summarize(
         f"job, {cfg.num_workers} worker{'s' if cfg.num_workers > 1 else ''}",
         cfg,
         train_s,
-        [float("nan")] + cycle_s,
+        cycle_s,
         total,
         mem.peak_mb,
+        threads=job_threads(cfg.num_workers),
     )
-    out["cycle_s"] = med(cycle_s)
-    out["startup_s"] = startup
+    out["startup_s"] = ends[0] - wall0 if ends[0] is not None else nan
+    out["checkpoints"] = sum(p.is_dir() for p in (tmp / f"ray-{cfg.num_workers}" / run_id).glob("checkpoint_*"))
     out["run_id"] = run_id
     if error:
         out["job_error"] = error
@@ -189,14 +241,17 @@ def run(
     per_class: int | None = None,
     progress=print,
 ) -> list[dict[str, Any]]:
-    rows = []
+    """Rows: the bare loop before the jobs, each job, the bare loop after them, and the two bare runs
+    pooled (``bare loop``, the reference of every ``*_over_bare`` ratio)."""
     cfg = config(quick, epochs, per_class)
-    # the job's Ray workers get 1 CPU each, so Ray sets OMP_NUM_THREADS=1 in them: a 1-thread bare
-    # loop is shown too, to tell the platform's overhead from the thread count
-    for threads in dict.fromkeys([torch.get_num_threads(), 1]):
-        row = bare_loop(cfg, threads)
-        rows.append(row)
+    threads = job_threads(1)
+
+    def bare(label: str) -> dict[str, Any]:
+        row = bare_loop(cfg, threads, label)
         progress(f"  epoch {row['name']}: train {row['train_s']:.2f} s, cycle {row['cycle_s']:.2f} s")
+        return row
+
+    rows = [bare(" (before the jobs)")]
     gc.collect()
     import ray
 
@@ -212,8 +267,12 @@ def run(
     finally:
         if ray.is_initialized():
             ray.shutdown()
-    bare = rows[0]
+    rows.append(bare(" (after the jobs)"))
+    bare_rows = [r for r in rows if r["name"].startswith("bare loop")]
+    reference = pooled(bare_rows, f"bare loop, {threads} thread{'s' if threads > 1 else ''} (both runs)")
+    rows.append(reference)
     for r in rows:
-        r["train_over_bare"] = r["train_s"] / bare["train_s"]
-        r["cycle_over_bare"] = r["cycle_s"] / bare["cycle_s"]
+        r["train_over_bare"] = r["train_s"] / reference["train_s"]
+        r["cycle_over_bare"] = r["cycle_s"] / reference["cycle_s"]
+        r["cycle_over_bare_min"] = r["cycle_min_s"] / reference["cycle_min_s"]
     return rows
