@@ -35,7 +35,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 SECTIONS = ("topk", "step", "epoch", "run")
 
 # The goals of the summary table.
-TOPK_GOAL = 2.0  # Top-K forward+backward over ReLU's, (32,128,56,56), k=0.2, CPU
+TOPK_GOALS = {"topk": 1.5, "topk_mean": 2.0}  # forward+backward over ReLU's, (32,128,56,56), k=0.2, CPU
 STEP_GOAL = 1.05  # Top-K ResNet-18 training step over the dense step
 EPOCH_GOAL = 1.05  # the job's epoch over the bare loop's, same threads
 MEMORY_GOAL_MB = 2048.0  # all processes of a 1-worker local job, PSS
@@ -293,13 +293,17 @@ def goals(result: dict) -> list[dict]:
         out.append(
             {
                 "goal": f"Top-K fwd+bwd / ReLU: {mode}, (32,128,56,56), k=0.2, CPU float32",
-                "target": f"<= {TOPK_GOAL:g}x (median)",
+                "target": f"<= {TOPK_GOALS[mode]:g}x (minimum and median)",
                 "measured": (
                     f"{r.get('fast_over_relu_min', float('nan')):.2f}x min, {r['fast_over_relu']:.2f}x median"
                     if r
                     else "not run"
                 ),
-                "met": r["fast_over_relu"] <= TOPK_GOAL if r else None,
+                "met": (
+                    max(r["fast_over_relu"], r.get("fast_over_relu_min", r["fast_over_relu"])) <= TOPK_GOALS[mode]
+                    if r
+                    else None
+                ),
             }
         )
     epoch = result.get("epoch", [])
