@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import BackgroundSampling
+
 CHECKOUT = Path(__file__).resolve().parent.parent
 
 # The phases of a run, each ending at the first event of that name (bench_run's own stamps
@@ -80,7 +82,7 @@ def label(cmdline: list[str], name: str) -> str:
 
 
 @dataclass
-class ProcessTreeSampler:
+class ProcessTreeSampler(BackgroundSampling):
     """Samples process ``root`` and all its descendants every ``interval`` seconds.
 
     Every sample reads each process's RSS and CPU time (cheap); the USS and PSS need a walk of the
@@ -160,21 +162,6 @@ class ProcessTreeSampler:
             self.full_samples += 1
             if full["pss_mb"] > self.peak.get("pss_mb", -1.0):
                 self.peak = full
-
-    def __enter__(self) -> ProcessTreeSampler:
-        def loop() -> None:
-            while not self._stop.is_set():
-                self._tick()
-                self._stop.wait(self.interval)
-
-        self._thread = threading.Thread(target=loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
 
     def cpu_between(self, start: float, end: float) -> dict[str, float]:
         """CPU seconds per kind of process between two times (from the samples nearest inside them)."""

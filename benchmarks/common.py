@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.utils import benchmark
@@ -162,19 +162,24 @@ def tree_rss_mb(root: int | None = None) -> float:
     return total / 2**20
 
 
-@dataclass
-class TreeMemorySampler:
-    """Samples :func:`tree_rss_mb` in a thread; ``peak_mb`` is the highest total seen."""
+S = TypeVar("S", bound="BackgroundSampling")
 
-    interval: float = 0.25
-    peak_mb: float = 0.0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
-    def __enter__(self) -> TreeMemorySampler:
+class BackgroundSampling:
+    """Calls ``self._tick()`` every ``self.interval`` seconds in a thread while a ``with`` block runs
+    (the samplers below; the subclass, a dataclass, holds ``interval``, ``_stop`` and ``_thread``)."""
+
+    interval: float
+    _stop: threading.Event
+    _thread: threading.Thread | None
+
+    def _tick(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: S) -> S:
         def loop() -> None:
             while not self._stop.is_set():
-                self.peak_mb = max(self.peak_mb, tree_rss_mb())
+                self._tick()
                 self._stop.wait(self.interval)
 
         self._thread = threading.Thread(target=loop, daemon=True)
@@ -185,6 +190,19 @@ class TreeMemorySampler:
         self._stop.set()
         if self._thread:
             self._thread.join()
+
+
+@dataclass
+class TreeMemorySampler(BackgroundSampling):
+    """Samples :func:`tree_rss_mb` in a thread; ``peak_mb`` is the highest total seen."""
+
+    interval: float = 0.25
+    peak_mb: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _tick(self) -> None:
+        self.peak_mb = max(self.peak_mb, tree_rss_mb())
 
 
 # ---- the machine ----------------------------------------------------------------------------
