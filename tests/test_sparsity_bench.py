@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
+
 import pytest
 import torch
 
 from benchmarks import __main__ as harness
 from benchmarks import bench_step, bench_topk, common
 from shapebias import sparsity
+
+
+@contextlib.contextmanager
+def child_holding_96_mib() -> Iterator[subprocess.Popen]:
+    """A child process that holds 96 MiB (written, so resident) until the block ends."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "b = bytearray(96 << 20); print(1, flush=True); input()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "1"  # it holds its 96 MiB now
+        yield child
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_topk_case_row(monkeypatch):
@@ -187,24 +209,12 @@ def test_bad_section_is_refused(capsys):
 
 
 def test_tree_memory_counts_child_processes():
-    import subprocess
-    import sys
     import time
 
     alone = common.tree_rss_mb()
-    child = subprocess.Popen(
-        [sys.executable, "-c", "b = bytearray(96 << 20); print(1, flush=True); input()"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout.readline().strip() == "1"  # the child holds its 96 MiB now
+    with child_holding_96_mib():
         time.sleep(0.1)
         assert common.tree_rss_mb() - alone >= 90
-    finally:
-        child.kill()
-        child.wait()
 
 
 def test_interleaved_measurements():
@@ -217,24 +227,13 @@ def test_interleaved_measurements():
 
 
 def test_process_tree_sampler_sees_a_child_and_its_memory():
-    import subprocess
-    import sys
     import time
 
     from benchmarks import bench_run
 
-    child = subprocess.Popen(
-        [sys.executable, "-c", "b = bytearray(96 << 20); print(1, flush=True); input()"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout.readline().strip() == "1"
+    with child_holding_96_mib() as child:
         with bench_run.ProcessTreeSampler(child.pid, interval=0.05, full_interval=0.1) as sampler:
             time.sleep(0.5)
-    finally:
-        child.communicate("\n")
     (row,) = sampler.peak["processes"]
     assert row["pid"] == child.pid and row["pss_mb"] >= 90 and row["uss_mb"] >= 90
     assert sampler.full_samples >= 1 and sampler.samples >= sampler.full_samples
